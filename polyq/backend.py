@@ -1,0 +1,120 @@
+"""The result-store contract: what every result backend plugin promises the core.
+
+A result backend is a small key-value store with expiry, plus two atomic
+primitives the core builds chords, locks and idempotency on. It stores opaque
+``bytes``; the core owns the record format (states, results, tracebacks, meta:
+:mod:`polyq.result`). Every point below is checked by the conformance suite.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+__all__ = ["BackendCapabilities", "ResultBackend"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendCapabilities:
+    """What a result backend can do beyond the contract's minimum."""
+
+    #: ``wait`` is woken by the store (pub/sub, LISTEN/NOTIFY) rather than polling.
+    push_wait: bool = False
+    #: Values written survive a restart of the store.
+    durable: bool = True
+
+
+class ResultBackend(abc.ABC):
+    """A result-store plugin. One instance per process, safe to use from several
+    threads; never carried across ``fork`` (the core builds a new one per child).
+
+    ``ttl`` is in seconds; ``None`` keeps the value until deleted. A read never
+    returns a value whose ttl has passed, however late the store purges it.
+    """
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+        self.options = options
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """Return the value stored under ``key``; ``None`` if absent or expired."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` (replacing any), durable once returned,
+        and wake every ``wait`` on ``key``."""
+
+    @abc.abstractmethod
+    def delete(self, keys: Sequence[str]) -> None:
+        """Remove ``keys`` (and any set stored under them); absent keys are fine."""
+
+    @abc.abstractmethod
+    def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
+        """Atomically add ``member`` to the set ``key`` and return the set's size
+        afterwards. Adding a member twice does not grow the set: this is how a
+        chord counts each header task once, even when it is redelivered."""
+
+    @abc.abstractmethod
+    def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (or expired); return whether
+        this call stored it. Exactly one of many concurrent callers wins."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Values for the ``keys`` that are present (one round trip where possible)."""
+        found = {}
+        for key in keys:
+            value = self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None = None) -> None:
+        """``set`` every ``(key, value)`` (pipelined where possible)."""
+        for key, value in items:
+            self.set(key, value, ttl)
+
+    def wait(self, key: str, timeout: float) -> bytes | None:
+        """Return the value under ``key`` as soon as it is set, waiting up to
+        ``timeout`` seconds; ``None`` on timeout. The default polls with a
+        backoff from 5 ms to 0.5 s; stores with notifications override it."""
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            value = self.get(key)
+            if value is not None:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, 0.5)
+
+    def keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        """Live keys starting with ``prefix`` (for listings such as revokes)."""
+        return []
+
+    def cleanup(self) -> int:
+        """Delete expired values now, for stores without native expiry; return
+        how many were removed."""
+        return 0
+
+    def close(self) -> None:
+        """Release connections; idempotent."""
+
+    def describe(self) -> str:
+        """A one-line description for logs, with credentials redacted."""
+        from polyq.url import redact
+
+        return redact(self.url)
+
+    def __enter__(self) -> ResultBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

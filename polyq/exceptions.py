@@ -1,0 +1,114 @@
+"""Exceptions, with Celery's names where Celery has the same concept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BrokerError",
+    "ConfigurationError",
+    "ContentDisallowed",
+    "DecodeError",
+    "Ignore",
+    "ImproperlyConfigured",
+    "MaxRetriesExceededError",
+    "MessageTooLarge",
+    "PolyqError",
+    "Reject",
+    "Retry",
+    "RevokedError",
+    "SoftTimeLimitExceeded",
+    "TaskError",
+    "TimeLimitExceeded",
+    "TimeoutError",
+    "UnknownScheme",
+    "WorkerLostError",
+]
+
+
+class PolyqError(Exception):
+    """Base class of every polyq error."""
+
+
+class ConfigurationError(PolyqError):
+    """A setting, URL or option is wrong; the message says which and how to fix it."""
+
+
+ImproperlyConfigured = ConfigurationError
+
+
+class UnknownScheme(ConfigurationError):
+    """No installed plugin serves a URL's scheme, or its client library is missing."""
+
+
+class BrokerError(PolyqError):
+    """The broker could not be reached or refused an operation."""
+
+
+class MessageTooLarge(BrokerError):
+    """A message exceeds the broker's maximum size; nothing was sent."""
+
+
+class DecodeError(PolyqError):
+    """A message could not be decoded (not an envelope polyq understands)."""
+
+
+class ContentDisallowed(DecodeError):
+    """A message's content type is not in ``accept_content``; it was not deserialized."""
+
+
+class TimeoutError(PolyqError):  # noqa: A001 - Celery's name, users catch polyq.exceptions.TimeoutError
+    """Waiting for a result took longer than the timeout."""
+
+
+class TaskError(PolyqError):
+    """A task failed with an exception type that is not re-raised by ``get()``."""
+
+    def __init__(self, exc_type: str, message: str) -> None:
+        super().__init__(f"{exc_type}: {message}")
+        self.exc_type = exc_type
+        self.exc_message = message
+
+
+class RevokedError(PolyqError):
+    """The task was revoked."""
+
+
+class WorkerLostError(PolyqError):
+    """The process running the task died."""
+
+
+class Retry(PolyqError):  # noqa: N818 - Celery's name
+    """Raised by ``Task.retry()``: the task will run again."""
+
+    def __init__(
+        self, message: str | None = None, exc: BaseException | None = None, when: Any = None
+    ) -> None:
+        self.exc = exc
+        self.when = when
+        super().__init__(message or (f"Retry in {when}s: {exc!r}" if when is not None else "Retry"))
+
+
+class MaxRetriesExceededError(PolyqError):
+    """``retry()`` was called after ``max_retries`` retries."""
+
+
+class Reject(PolyqError):  # noqa: N818 - Celery's name
+    """Raised by a task to reject its message: requeued when ``requeue``, else dead-lettered."""
+
+    def __init__(self, reason: Any = None, requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason, requeue)
+
+
+class Ignore(PolyqError):  # noqa: N818 - Celery's name
+    """Raised by a task to ack its message without storing any state."""
+
+
+class SoftTimeLimitExceeded(PolyqError):  # noqa: N818 - Celery's name
+    """Raised inside a task when its soft time limit passes."""
+
+
+class TimeLimitExceeded(PolyqError):  # noqa: N818 - Celery's name
+    """The task hit its hard time limit and its process was killed."""

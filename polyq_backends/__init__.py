@@ -1,0 +1,1 @@
+"""Result-store plugins for polyq: each module imports only the core public interface and its client."""
