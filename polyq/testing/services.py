@@ -198,11 +198,15 @@ def _moto_server() -> str:
 
 
 def _container(module: str, cls_name: str, *args: Any, **kwargs: Any) -> Any:
-    """Start ``testcontainers.<module>.<cls_name>`` and stop it at exit."""
+    """Start ``testcontainers.community.<module>.<cls_name>`` and stop it at exit.
+
+    Only the ``community`` paths of testcontainers>=4.15 are used: the old ones warn,
+    and warnings are errors in this test suite.
+    """
     try:
         # Imported lazily: both are optional test dependencies.
         docker_errors = importlib.import_module("docker.errors")
-        cls = getattr(importlib.import_module(f"testcontainers.{module}"), cls_name)
+        cls = getattr(importlib.import_module(f"testcontainers.community.{module}"), cls_name)
     except ImportError as exc:
         raise _Unavailable(f"testcontainers is not installed ({exc})") from exc
     try:
