@@ -1,0 +1,1009 @@
+"""SQL transport: a job table in SQLite, PostgreSQL or MySQL/MariaDB, through SQLAlchemy Core.
+
+URLs
+----
+``sqlite:///relative/path.sqlite3``, ``sqlite:////absolute/path.sqlite3``,
+``postgresql://user:pass@host/db`` (and ``postgres://``, ``postgresql+psycopg://``; all
+psycopg 3), ``mysql://`` / ``mysql+pymysql://`` and ``mariadb://`` / ``mariadb+pymysql://``
+(PyMySQL). Celery's ``sqla+`` and ``db+`` prefixes are removed by the registry. Query
+parameters that are polyq options (below) are taken out of the URL; any other
+parameter is handed to the database driver (``?sslmode=require``, ``?connect_timeout=5``).
+
+Options (``broker_transport_options`` or the query string)
+----------------------------------------------------------
+``visibility_timeout`` (s, default 1800)
+    how long a received message stays leased without ``extend_lease``.
+``table_prefix`` (default ``polyq_``)
+    prefix of every table name; lets several apps (or test runs) share one database.
+``max_poll_interval`` (s, default 0.1)
+    longest pause between two checks of an idle ``receive``; the pause starts at
+    5 ms and doubles. On PostgreSQL the pause is a wait on LISTEN, woken at once
+    by a new message, and this is only the safety net (default 1.0 there).
+``busy_timeout`` (s, default 30)
+    SQLite: how long a writer waits for the file lock before failing.
+``synchronous`` (default ``NORMAL``)
+    SQLite: ``NORMAL`` survives a crash of any process (WAL mode); ``FULL`` also a
+    power cut, at the cost of an fsync per commit.
+``listen`` (default true)
+    PostgreSQL: wake idle receivers through LISTEN/NOTIFY. Turn it off behind
+    PgBouncer in transaction pooling mode, where LISTEN does not work (the slow
+    poll then does all the work; lower ``max_poll_interval``).
+``broadcast_ttl`` (s, default 60)
+    how long broadcast rows are kept for subscribers that poll.
+
+Tables (``<prefix>`` is ``table_prefix``)
+----------------------------------------
+``<prefix>messages``: one row per message. ``state`` is READY (0), DELAYED (1) or
+LEASED (2); ``visible_at`` is when a DELAYED row becomes due or when a LEASED row's
+lease ends. Two composite indexes carry every hot query:
+
+* ``(queue, state, priority DESC, id)``: the claim reads the first rows of the READY
+  slice of a queue, already in delivery order (higher priority, then oldest), so a
+  receive costs an index descent whatever the number of waiting messages;
+* ``(queue, state, visible_at)``: "promotion" turns DELAYED rows that are due and
+  LEASED rows whose lease ended into READY, reading only the rows that are due, so a
+  million delayed messages do not slow anyone and a short delay is never stuck
+  behind a long one.
+
+A lease is fenced by ``(id, delivery_count)``: every claim raises ``delivery_count``,
+so the receipt of a delivery whose lease ended and was claimed again no longer
+matches, and its late ``ack``/``nack``/``extend_lease`` does nothing (acking a lost
+lease is not an error). Ids never repeat (``AUTOINCREMENT`` on SQLite), so a late
+ack can never hit a newer message. ``<prefix>dead_letters`` keeps dead letters with
+their reason; ``<prefix>queues`` names every queue published to;
+``<prefix>broadcast`` holds broadcast messages (rows with increasing ids that
+subscribers poll, pruned after ``broadcast_ttl``); ``<prefix>meta`` records the
+schema version.
+
+Claiming
+--------
+* SQLite (one writer at a time): every write transaction starts with ``BEGIN
+  IMMEDIATE``, so two workers never both read and then both update the same rows;
+  the claim is one ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING``. The
+  file is in WAL mode, so readers are never blocked. Good for one machine: several
+  producer and worker processes sharing a file on a local disk (not NFS).
+* PostgreSQL: the same statement with ``FOR UPDATE SKIP LOCKED`` in the sub-select,
+  so concurrent workers claim disjoint rows without waiting on each other.
+* MySQL 8 / MariaDB 10.6+ (no ``UPDATE ... RETURNING``): in one short READ COMMITTED
+  transaction, ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE ... WHERE id IN``.
+
+Waking up
+---------
+An idle ``receive`` asks the indexes when the next message of its queues is due (a
+few ``min(visible_at)`` index probes, no write lock) and sleeps until then or until
+the next poll, with a pause growing from 5 ms to ``max_poll_interval``: at most ten
+cheap reads per second per idle consumer by default. On PostgreSQL ``publish``
+sends ``NOTIFY <prefix>messages, '<queue>'`` (a queue name, never a body: payloads
+are limited to 8000 bytes) in its transaction, and idle receivers wait on LISTEN,
+so a new message starts within milliseconds.
+
+Transactional enqueue
+---------------------
+``publish(messages, connection=conn)`` with a SQLAlchemy ``Connection`` or ``Session``
+on the same database inserts through the caller's transaction without committing:
+the messages exist if and only if the caller commits.
+
+Schema
+------
+Tables are created on first use (race-safe between processes: ``BEGIN IMMEDIATE`` on
+SQLite, an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL) or explicitly by
+:meth:`SQLTransport.create_schema` (``polyq db init``). The version is stored in
+``<prefix>meta`` under ``transport_schema_version``; a later polyq that changes the
+tables upgrades them in ``create_schema`` from the recorded version, and an older
+polyq refuses a newer schema with a clear error instead of misreading it.
+
+Times come from the clocks of the machines running polyq (Unix time): keep them in
+sync (NTP) when producers and workers run on several hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.orm import Session
+
+from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
+from polyq.transport import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    OutgoingMessage,
+    ScheduledMessage,
+    Subscription,
+    Transport,
+)
+from polyq.url import redact
+
+__all__ = ["SCHEMA_VERSION", "SQLSubscription", "SQLTransport"]
+
+#: Version of the tables this module reads and writes (``<prefix>meta``).
+SCHEMA_VERSION = 1
+
+READY, DELAYED, LEASED = 0, 1, 2
+
+# Largest body + headers accepted. MariaDB's default max_allowed_packet is 16 MiB and
+# a statement carries a batch, so stay well below it; SQLite and PostgreSQL would take
+# more, but one limit for the plugin keeps behaviour the same on every database.
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+
+# Options this plugin understands; they are removed from the URL before the driver
+# sees it (drivers reject unknown connection parameters).
+_OPTIONS = frozenset(
+    {
+        "visibility_timeout",
+        "table_prefix",
+        "max_poll_interval",
+        "busy_timeout",
+        "synchronous",
+        "listen",
+        "broadcast_ttl",
+    }
+)
+_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,30}")
+_MIN_POLL = 0.005
+_PROMOTE_BATCH = 1000
+_BROADCAST_GRACE = 2.0
+
+
+def engine_url(url: str) -> URL:
+    """The SQLAlchemy URL for a polyq SQL URL: explicit drivers (``postgresql://`` →
+    ``postgresql+psycopg://``, ``mysql://`` → ``mysql+pymysql://``) and polyq's own
+    options removed from the query string."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"not a valid SQL URL: {redact(url)!r} ({exc})") from exc
+    driver = _DRIVERS.get(parsed.drivername.lower())
+    if driver:
+        parsed = parsed.set(drivername=driver)
+    parsed = parsed.difference_update_query(_OPTIONS)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigurationError(
+            f"{redact(url)!r} is an in-memory SQLite database, which other processes cannot "
+            "see; give a file path (sqlite:///polyq.sqlite3) or use memory:// for tests"
+        )
+    return parsed
+
+
+def build_engine(url: str, options: Mapping[str, Any]) -> Engine:
+    """Create the engine for ``url``: SQLite in WAL mode with a busy timeout and
+    ``BEGIN IMMEDIATE`` for write transactions, MySQL in READ COMMITTED."""
+    target = engine_url(url)
+    backend = target.get_backend_name()
+    kwargs: dict[str, Any] = {"hide_parameters": True}
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"check_same_thread": False}
+        kwargs["poolclass"] = sa.QueuePool
+    elif backend in ("mysql", "mariadb"):
+        kwargs["isolation_level"] = "READ COMMITTED"
+        kwargs["pool_recycle"] = 3600
+    try:
+        engine = sa.create_engine(target, **kwargs)
+    except Exception as exc:  # a missing driver, a bad option
+        raise ConfigurationError(f"cannot use {redact(url)!r}: {exc}") from exc
+    if backend == "sqlite":
+        busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
+        synchronous = str(options.get("synchronous", "NORMAL")).upper()
+        if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ConfigurationError(
+                f"synchronous={synchronous!r}: use NORMAL (default) or FULL for {redact(url)}"
+            )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite would emit its own deferred BEGIN; take over (SQLAlchemy's recipe).
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # IMMEDIATE takes the write lock up front: a transaction that reads then
+            # writes cannot deadlock with another one doing the same (SQLITE_BUSY).
+            if conn.get_execution_options().get("polyq_read_only"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _prefix(options: Mapping[str, Any]) -> str:
+    prefix = str(options.get("table_prefix", "polyq_"))
+    if not _PREFIX.fullmatch(prefix):
+        raise ConfigurationError(
+            f"table_prefix={prefix!r}: use letters, digits and underscores (at most 31, "
+            "not starting with a digit), e.g. table_prefix=myapp_"
+        )
+    return prefix
+
+
+class _Tables:
+    """The transport's tables for one prefix (built per instance: no global metadata)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.metadata = sa.MetaData()
+        mysql_args = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+        blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+        text = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+        big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+        self.messages = sa.Table(
+            f"{prefix}messages",
+            self.metadata,
+            sa.Column("id", big_id, primary_key=True, autoincrement=True),
+            sa.Column("queue", sa.String(255), nullable=False),
+            sa.Column("state", sa.SmallInteger, nullable=False),
+            sa.Column("priority", sa.SmallInteger, nullable=False),
+            sa.Column("visible_at", sa.Double, nullable=False),
+            sa.Column("delivery_count", sa.Integer, nullable=False),
+            sa.Column("message_id", sa.String(255), nullable=False),
+            sa.Column("headers", text, nullable=False),
+            sa.Column("body", blob, nullable=False),
+            sa.Column("created_at", sa.Double, nullable=False),
+            sqlite_autoincrement=True,  # ids never reused: a late ack cannot hit a new row
+            **mysql_args,
+        )
+        m = self.messages.c
+        sa.Index(f"{prefix}messages_claim", m.queue, m.state, m.priority.desc(), m.id)
+        sa.Index(f"{prefix}messages_due", m.queue, m.state, m.visible_at)
+        self.dead_letters = sa.Table(
+            f"{prefix}dead_letters",
+            self.metadata,
+            sa.Column("id", big_id, primary_key=True, autoincrement=True),
+            sa.Column("queue", sa.String(255), nullable=False),
+            sa.Column("priority", sa.SmallInteger, nullable=False),
+            sa.Column("message_id", sa.String(255), nullable=False),
+            sa.Column("headers", text, nullable=False),
+            sa.Column("body", blob, nullable=False),
+            sa.Column("reason", text, nullable=False),
+            sa.Column("failed_at", sa.Double, nullable=False),
+            sqlite_autoincrement=True,
+            **mysql_args,
+        )
+        sa.Index(f"{prefix}dead_letters_queue", self.dead_letters.c.queue, self.dead_letters.c.id)
+        self.queues = sa.Table(
+            f"{prefix}queues",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            **mysql_args,
+        )
+        self.broadcast = sa.Table(
+            f"{prefix}broadcast",
+            self.metadata,
+            sa.Column("id", big_id, primary_key=True, autoincrement=True),
+            sa.Column("channel", sa.String(255), nullable=False),
+            sa.Column("body", blob, nullable=False),
+            sa.Column("created_at", sa.Double, nullable=False),
+            sqlite_autoincrement=True,
+            **mysql_args,
+        )
+        b = self.broadcast.c
+        sa.Index(f"{prefix}broadcast_channel", b.channel, b.id)
+        sa.Index(f"{prefix}broadcast_created", b.created_at)
+        self.meta = sa.Table(
+            f"{prefix}meta",
+            self.metadata,
+            sa.Column("name", sa.String(64), primary_key=True),
+            sa.Column("value", sa.String(255), nullable=False),
+            **mysql_args,
+        )
+
+
+class SQLTransport(Transport):
+    """A transport on a SQL database (SQLite, PostgreSQL, MySQL/MariaDB); see the
+    module docstring for the design."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        priority=True,
+        max_delay=None,
+        max_message_size=MAX_MESSAGE_SIZE,
+        broadcast=True,
+        lease="timeout",
+        extend_lease=True,
+        dead_letter=True,
+        inspect_scheduled=True,
+        may_duplicate=False,
+        transactional_enqueue=True,
+        durable=True,
+    )
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        if self.visibility_timeout <= 0:
+            raise ConfigurationError(
+                f"visibility_timeout={self.visibility_timeout}: must be > 0 seconds"
+            )
+        self.prefix = _prefix(options)
+        self._engine = build_engine(url, options)
+        self.dialect = self._engine.dialect.name  # sqlite, postgresql, mysql, mariadb
+        self._is_pg = self.dialect == "postgresql"
+        self._is_sqlite = self.dialect == "sqlite"
+        default_poll = 1.0 if self._is_pg else 0.1
+        self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
+        self.broadcast_ttl = float(options.get("broadcast_ttl", 60.0))
+        self._listen = self._is_pg and bool(options.get("listen", True))
+        self.tables = _Tables(self.prefix)
+        self._notify_channel = f"{self.prefix}messages"
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._known_queues: set[str] = set()
+        self._rotation = itertools.count()
+        self._last_prune = 0.0
+        self._listener: Any = None  # psycopg connection LISTENing (PostgreSQL)
+        self._listener_lock = threading.Lock()
+        self._build_statements()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, rebuilt in a forked child (connections are never
+        shared across ``fork``)."""
+        if os.getpid() != self._pid:
+            with self._lock:
+                if os.getpid() != self._pid:
+                    # close=False: the parent's connections are the parent's to close.
+                    self._engine.dispose(close=False)
+                    self._listener = None
+                    self._pid = os.getpid()
+        return self._engine
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
+            detail = getattr(exc, "orig", None) or exc
+            raise BrokerError(
+                redact(f"{action} failed on {self.describe()}: {type(detail).__name__}: {detail}")
+            ) from exc
+
+    @contextlib.contextmanager
+    def _write(self, action: str) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on exit."""
+        self.ensure_schema()
+        with self._errors(action), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _read(self, action: str) -> Iterator[Connection]:
+        """A read-only transaction (no write lock on SQLite)."""
+        self.ensure_schema()
+        with (
+            self._errors(action),
+            self.engine.connect() as conn,
+        ):
+            conn = conn.execution_options(polyq_read_only=True)
+            with conn.begin():
+                yield conn
+
+    def describe(self) -> str:
+        """The URL with its password hidden, and the table prefix."""
+        return f"{redact(self.url)} (tables {self.prefix}*)"
+
+    # -- schema ------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        """Create the tables unless this instance already knows they exist."""
+        if not self._schema_ready:
+            self.create_schema()
+
+    def create_schema(self) -> None:
+        """Create the tables, indexes and version row if missing (idempotent, safe
+        when several processes do it at once), or upgrade an older schema;
+        ``polyq db init`` calls this."""
+        with self._errors("creating the polyq tables"), self.engine.begin() as conn:
+            self._schema_lock(conn)
+            self.tables.metadata.create_all(conn, checkfirst=True)
+            _record_version(conn, self.tables.meta, "transport_schema_version", SCHEMA_VERSION)
+            self._schema_unlock(conn)
+        self._schema_ready = True
+
+    def drop_schema(self) -> None:
+        """Drop this prefix's tables and everything in them (tests, uninstall)."""
+        with self._errors("dropping the polyq tables"), self.engine.begin() as conn:
+            self.tables.metadata.drop_all(conn, checkfirst=True)
+        self._schema_ready = False
+
+    def _schema_lock(self, conn: Connection) -> None:
+        # SQLite: the BEGIN IMMEDIATE of this transaction already serialises creators.
+        name = f"polyq_schema_{self.prefix}"
+        if self._is_pg:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": name})
+        elif not self._is_sqlite:
+            conn.execute(sa.text("SELECT GET_LOCK(:n, 60)"), {"n": name})
+
+    def _schema_unlock(self, conn: Connection) -> None:
+        if not self._is_pg and not self._is_sqlite:
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": f"polyq_schema_{self.prefix}"})
+
+    # -- statements ----------------------------------------------------------------
+
+    def _build_statements(self) -> None:
+        # Built once per instance; SQLAlchemy caches their compiled form.
+        t = self.tables.messages
+        c = t.c
+        self._insert = sa.insert(t)
+        self._insert_queue = _insert_ignore(self.dialect, self.tables.queues)
+        self._returning = (
+            c.id,
+            c.queue,
+            c.message_id,
+            c.body,
+            c.headers,
+            c.delivery_count,
+            c.priority,
+        )
+        self._claim_select = (
+            sa.select(*self._returning)
+            .where(c.queue == sa.bindparam("p_queue"), c.state == READY)
+            .order_by(c.priority.desc(), c.id)
+            .limit(sa.bindparam("p_limit", type_=sa.Integer))
+        )
+        ids = sa.select(c.id).where(c.queue == sa.bindparam("p_queue"), c.state == READY)
+        ids = ids.order_by(c.priority.desc(), c.id).limit(sa.bindparam("p_limit", type_=sa.Integer))
+        if self._is_pg:
+            ids = ids.with_for_update(skip_locked=True)
+        self._claim_returning = (
+            sa.update(t)
+            .where(c.id.in_(ids.scalar_subquery()))
+            .values(
+                state=LEASED,
+                visible_at=sa.bindparam("p_lease_end", type_=sa.Double),
+                delivery_count=c.delivery_count + 1,
+            )
+            .returning(*self._returning)
+        )
+        self._claim_for_update = self._claim_select.with_for_update(skip_locked=True)
+
+    def _fenced(self, deliveries: Sequence[Delivery]) -> sa.ColumnElement[bool]:
+        """``WHERE`` clause matching the rows these deliveries still hold (same id
+        and same delivery count); the plain ``id IN`` lets every database use the
+        primary key."""
+        c = self.tables.messages.c
+        pairs = [tuple(d.receipt) for d in deliveries]
+        return sa.and_(
+            c.id.in_([p[0] for p in pairs]),
+            sa.tuple_(c.id, c.delivery_count).in_(pairs),
+        )
+
+    # -- producing -----------------------------------------------------------------
+
+    def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
+        """Insert ``messages`` in one transaction (one ``executemany``); with
+        ``connection=`` (a SQLAlchemy ``Connection`` or ``Session``), insert through
+        the caller's transaction and leave the commit to the caller."""
+        if not messages:
+            return
+        now = time.time()
+        rows = []
+        for message in messages:
+            headers = json.dumps(dict(message.headers), separators=(",", ":"))
+            size = len(message.body) + len(headers)
+            if size > MAX_MESSAGE_SIZE:
+                raise MessageTooLarge(
+                    f"message {message.message_id} for queue {message.queue!r} is {size} bytes "
+                    f"(body + headers), above the {MAX_MESSAGE_SIZE} bytes {self.describe()} "
+                    "accepts; nothing was published. Store large payloads elsewhere and send "
+                    "a reference."
+                )
+            delay = max(float(message.delay), 0.0)
+            rows.append(
+                {
+                    "queue": message.queue,
+                    "state": DELAYED if delay > 0 else READY,
+                    # Out-of-range priorities are clamped, as Celery does, not refused.
+                    "priority": min(max(int(message.priority), 0), 9),
+                    "visible_at": now + delay,
+                    "delivery_count": 0,
+                    "message_id": message.message_id,
+                    "headers": headers,
+                    "body": bytes(message.body),
+                    "created_at": now,
+                }
+            )
+        queues = {row["queue"] for row in rows}
+        connection = kwargs.get("connection")
+        if connection is not None:
+            self._publish_in(connection, rows, queues)
+            return
+        with self._write("publishing") as conn:
+            self._insert_rows(conn, rows, queues)
+        self._known_queues.update(queues)
+
+    def _insert_rows(self, conn: Connection, rows: list[dict[str, Any]], queues: set[str]) -> None:
+        new = queues - self._known_queues
+        if new:
+            conn.execute(self._insert_queue, [{"name": q} for q in sorted(new)])
+        conn.execute(self._insert, rows)
+        if self._is_pg:
+            for queue in sorted(queues):
+                conn.execute(
+                    sa.text("SELECT pg_notify(:channel, :queue)"),
+                    {"channel": self._notify_channel, "queue": queue},
+                )
+
+    def _publish_in(self, connection: Any, rows: list[dict[str, Any]], queues: set[str]) -> None:
+        if isinstance(connection, Session):
+            connection = connection.connection()
+        if not isinstance(connection, Connection):
+            raise ConfigurationError(
+                f"publish(connection=...) takes a SQLAlchemy Connection or Session, "
+                f"not {type(connection).__name__}"
+            )
+        if connection.dialect.name != self.dialect:
+            raise ConfigurationError(
+                f"publish(connection=...) got a {connection.dialect.name} connection but the "
+                f"broker is {self.describe()}; use a connection to the broker's database"
+            )
+        self.ensure_schema()
+        with self._errors("publishing in the caller's transaction"):
+            # The caller's transaction commits or rolls back the rows (and, on
+            # PostgreSQL, the NOTIFY, which is only delivered on commit).
+            self._insert_rows(connection, rows, queues)
+
+    # -- consuming -----------------------------------------------------------------
+
+    def receive(self, queues: Sequence[str], max_messages: int, wait: float) -> list[Delivery]:
+        """Lease up to ``max_messages`` messages; see :meth:`Transport.receive`."""
+        if not queues or max_messages <= 0:
+            return []
+        queues = list(dict.fromkeys(queues))
+        deadline = time.monotonic() + max(wait, 0.0)
+        pause = _MIN_POLL
+        while True:
+            deliveries = self._claim(queues, max_messages)
+            if deliveries:
+                return deliveries
+            # Idle: look (read-only) when the next message is due, sleep until then
+            # or the next poll, and only claim again when something is there.
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                due_in = self._next_due(queues)
+                if due_in is not None and due_in <= 0:
+                    break
+                nap = min(pause, remaining)
+                if due_in is not None:
+                    nap = min(nap, due_in)
+                pause = min(pause * 2, self.max_poll_interval)
+                if self._listen:
+                    if self._wait_notify(queues, nap):
+                        break
+                else:
+                    time.sleep(nap)
+
+    def _claim(self, queues: list[str], max_messages: int) -> list[Delivery]:
+        now = time.time()
+        lease_end = now + self.visibility_timeout
+        # Rotate the first queue between calls so that no queue starves the others.
+        start = next(self._rotation) % len(queues)
+        order = queues[start:] + queues[:start]
+        deliveries: list[Delivery] = []
+        with self._write("receiving") as conn:
+            self._promote(conn, queues, now)
+            for queue in order:
+                want = max_messages - len(deliveries)
+                if want <= 0:
+                    break
+                deliveries.extend(self._claim_queue(conn, queue, want, lease_end))
+        return deliveries
+
+    def _claim_queue(
+        self, conn: Connection, queue: str, limit: int, lease_end: float
+    ) -> list[Delivery]:
+        params = {"p_queue": queue, "p_limit": limit, "p_lease_end": lease_end}
+        if self.engine.dialect.update_returning:
+            rows = conn.execute(self._claim_returning, params).all()
+            # RETURNING gives no order: restore priority, then age.
+            rows.sort(key=lambda r: (-r.priority, r.id))
+            return [self._delivery(r, r.delivery_count) for r in rows]
+        rows = conn.execute(self._claim_for_update, params).all()
+        if not rows:
+            return []
+        c = self.tables.messages.c
+        conn.execute(
+            sa.update(self.tables.messages)
+            .where(c.id.in_([r.id for r in rows]))
+            .values(state=LEASED, visible_at=lease_end, delivery_count=c.delivery_count + 1)
+        )
+        return [self._delivery(r, r.delivery_count + 1) for r in rows]
+
+    def _delivery(self, row: Any, count: int) -> Delivery:
+        return Delivery(
+            queue=row.queue,
+            message_id=row.message_id,
+            body=bytes(row.body),
+            headers=json.loads(row.headers),
+            delivery_count=count,
+            receipt=(row.id, count),
+            priority=row.priority,
+        )
+
+    def _promote(self, conn: Connection, queues: list[str], now: float) -> None:
+        """Make due DELAYED rows and LEASED rows whose lease ended READY."""
+        t = self.tables.messages
+        c = t.c
+        due = sa.and_(c.queue.in_(queues), c.state.in_((DELAYED, LEASED)), c.visible_at <= now)
+        if self._is_sqlite:
+            conn.execute(sa.update(t).where(due).values(state=READY))
+            return
+        ids = sa.select(c.id).where(due).limit(_PROMOTE_BATCH).with_for_update(skip_locked=True)
+        if self._is_pg:
+            conn.execute(sa.update(t).where(c.id.in_(ids.scalar_subquery())).values(state=READY))
+            return
+        found = conn.execute(ids).scalars().all()
+        if found:
+            conn.execute(sa.update(t).where(c.id.in_(found)).values(state=READY))
+
+    def _next_due(self, queues: list[str]) -> float | None:
+        """Seconds until the next message of ``queues`` can be claimed (<= 0: now),
+        ``None`` when the queues are empty. One read of a few index entries."""
+        c = self.tables.messages.c
+        probes = [
+            sa.select(sa.func.min(c.visible_at).label("due")).where(c.queue == q, c.state == s)
+            for q in queues
+            for s in (READY, DELAYED, LEASED)
+        ]
+        with self._read("polling") as conn:
+            rows = conn.execute(sa.union_all(*probes)).scalars().all()
+            states = [s for _ in queues for s in (READY, DELAYED, LEASED)]
+        now = time.time()
+        dues = [
+            (-1.0 if s == READY else due - now)
+            for s, due in zip(states, rows, strict=True)
+            if due is not None
+        ]
+        return min(dues) if dues else None
+
+    def _wait_notify(self, queues: list[str], timeout: float) -> bool:
+        """PostgreSQL: wait up to ``timeout`` for a NOTIFY naming one of ``queues``."""
+        if not self._listener_lock.acquire(blocking=False):
+            time.sleep(timeout)  # another thread of this process is listening
+            return False
+        try:
+            listener = self._listening()
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                for notify in listener.notifies(timeout=remaining, stop_after=1):
+                    if notify.payload in queues:
+                        return True
+        except Exception as exc:  # the listening connection broke: fall back to polling
+            self._drop_listener()
+            if isinstance(exc, sa.exc.SQLAlchemyError | OSError) or type(exc).__module__.startswith(
+                "psycopg"
+            ):
+                time.sleep(min(timeout, 0.1))
+                return False
+            raise
+        finally:
+            self._listener_lock.release()
+
+    def _listening(self) -> Any:
+        if self._listener is None:
+            import psycopg
+
+            args = self.engine.url.translate_connect_args(username="user", database="dbname")
+            args = {k: v for k, v in args.items() if v is not None}
+            conn = psycopg.connect(autocommit=True, **args, **dict(self.engine.url.query))
+            conn.execute(f'LISTEN "{self._notify_channel}"')
+            self._listener = conn
+        return self._listener
+
+    def _drop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.close()
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Delete the messages (one statement); lost leases are ignored."""
+        if not deliveries:
+            return
+        t = self.tables.messages
+        with self._write("acking") as conn:
+            conn.execute(sa.delete(t).where(self._fenced(deliveries)))
+
+    def nack(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Release the lease: ready now, or after ``delay`` seconds."""
+        t = self.tables.messages
+        delay = max(float(delay), 0.0)
+        values = {"state": DELAYED if delay > 0 else READY, "visible_at": time.time() + delay}
+        with self._write("nacking") as conn:
+            conn.execute(sa.update(t).where(self._fenced([delivery])).values(**values))
+
+    def extend_lease(self, deliveries: Sequence[Delivery]) -> None:
+        """Restart the leases at ``visibility_timeout`` from now (one statement). A
+        lease that ended but was not claimed by anyone else is taken back."""
+        if not deliveries:
+            return
+        t = self.tables.messages
+        lease_end = time.time() + self.visibility_timeout
+        with self._write("extending leases") as conn:
+            conn.execute(
+                sa.update(t)
+                .where(self._fenced(deliveries))
+                .values(state=LEASED, visible_at=lease_end)
+            )
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to ``<prefix>dead_letters`` with ``reason``."""
+        t = self.tables.messages
+        d = self.tables.dead_letters
+        c = t.c
+        moved = sa.select(
+            c.queue,
+            c.priority,
+            c.message_id,
+            c.headers,
+            c.body,
+            sa.literal(str(reason), sa.Text),
+            sa.literal(time.time(), sa.Double),
+        ).where(self._fenced([delivery]))
+        columns = ["queue", "priority", "message_id", "headers", "body", "reason", "failed_at"]
+        with self._write("dead-lettering") as conn:
+            conn.execute(sa.insert(d).from_select(columns, moved))
+            conn.execute(sa.delete(t).where(self._fenced([delivery])))
+
+    # -- queues --------------------------------------------------------------------
+
+    def purge(self, queue: str) -> int:
+        """Delete the waiting (ready and delayed) messages of ``queue``."""
+        t = self.tables.messages
+        c = t.c
+        now = time.time()
+        held = sa.and_(c.state == LEASED, c.visible_at > now)
+        with self._write("purging") as conn:
+            return conn.execute(sa.delete(t).where(c.queue == queue, sa.not_(held))).rowcount
+
+    def size(self, queue: str) -> int:
+        """Messages in ``queue``: ready, delayed and leased."""
+        c = self.tables.messages.c
+        with self._read("counting") as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).where(c.queue == queue)).scalar_one()
+            )
+
+    def queues(self) -> list[str]:
+        """Every queue published to through this database and prefix."""
+        q = self.tables.queues
+        with self._read("listing queues") as conn:
+            return list(conn.execute(sa.select(q.c.name).order_by(q.c.name)).scalars())
+
+    def scheduled(self, queue: str, limit: int = 100) -> list[ScheduledMessage]:
+        """Delayed messages of ``queue``, soonest first."""
+        c = self.tables.messages.c
+        stmt = (
+            sa.select(c.queue, c.message_id, c.headers, c.visible_at, c.priority)
+            .where(c.queue == queue, c.state == DELAYED)
+            .order_by(c.visible_at)
+            .limit(limit)
+        )
+        with self._read("listing scheduled messages") as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            ScheduledMessage(r.queue, r.message_id, json.loads(r.headers), r.visible_at, r.priority)
+            for r in rows
+        ]
+
+    # -- dead letters --------------------------------------------------------------
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters of ``queue``, oldest first."""
+        d = self.tables.dead_letters.c
+        stmt = sa.select(d).where(d.queue == queue).order_by(d.id).limit(limit)
+        with self._read("listing dead letters") as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            DeadLetter(
+                queue=r.queue,
+                message_id=r.message_id,
+                body=bytes(r.body),
+                headers=json.loads(r.headers),
+                reason=r.reason,
+                failed_at=r.failed_at,
+                receipt=r.id,
+            )
+            for r in rows
+        ]
+
+    def replay_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
+        """Move dead letters back to ``queue``, ready now, delivery count reset."""
+        d = self.tables.dead_letters
+        where = [d.c.queue == queue]
+        if message_ids is not None:
+            if not message_ids:
+                return 0
+            where.append(d.c.message_id.in_(list(message_ids)))
+        now = time.time()
+        replayed = (
+            sa.select(
+                d.c.queue,
+                sa.literal(READY, sa.SmallInteger),
+                d.c.priority,
+                sa.literal(now, sa.Double),
+                sa.literal(0, sa.Integer),
+                d.c.message_id,
+                d.c.headers,
+                d.c.body,
+                sa.literal(now, sa.Double),
+            )
+            .where(*where)
+            .order_by(d.c.id)
+        )
+        columns = [
+            "queue",
+            "state",
+            "priority",
+            "visible_at",
+            "delivery_count",
+            "message_id",
+            "headers",
+            "body",
+            "created_at",
+        ]
+        with self._write("replaying dead letters") as conn:
+            conn.execute(sa.insert(self.tables.messages).from_select(columns, replayed))
+            count = conn.execute(sa.delete(d).where(*where)).rowcount
+            if self._is_pg and count:
+                conn.execute(
+                    sa.text("SELECT pg_notify(:channel, :queue)"),
+                    {"channel": self._notify_channel, "queue": queue},
+                )
+        return int(count)
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete the dead letters of ``queue``."""
+        d = self.tables.dead_letters
+        with self._write("purging dead letters") as conn:
+            return int(conn.execute(sa.delete(d).where(d.c.queue == queue)).rowcount)
+
+    # -- broadcast -----------------------------------------------------------------
+
+    def broadcast(self, channel: str, body: bytes) -> None:
+        """Store ``body`` for the subscribers of ``channel`` (kept ``broadcast_ttl``)."""
+        if len(body) > MAX_MESSAGE_SIZE:
+            raise MessageTooLarge(
+                f"broadcast on {channel!r} is {len(body)} bytes, above {MAX_MESSAGE_SIZE}"
+            )
+        b = self.tables.broadcast
+        now = time.time()
+        with self._write("broadcasting") as conn:
+            conn.execute(sa.insert(b), {"channel": channel, "body": bytes(body), "created_at": now})
+            if now - self._last_prune > min(10.0, self.broadcast_ttl):
+                self._last_prune = now
+                conn.execute(sa.delete(b).where(b.c.created_at < now - self.broadcast_ttl))
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Listen on ``channel``: a :class:`SQLSubscription` polling new rows."""
+        return SQLSubscription(self, channel)
+
+    def cleanup(self) -> int:
+        """Delete broadcast rows older than ``broadcast_ttl`` (``polyq db cleanup``);
+        return how many were removed."""
+        b = self.tables.broadcast
+        with self._write("cleaning up") as conn:
+            cutoff = time.time() - self.broadcast_ttl
+            return int(conn.execute(sa.delete(b).where(b.c.created_at < cutoff)).rowcount)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pooled connections (idempotent)."""
+        self._drop_listener()
+        if os.getpid() == self._pid:
+            self._engine.dispose()
+
+
+class SQLSubscription(Subscription):
+    """A broadcast subscription: polls ``<prefix>broadcast`` for rows newer than the
+    last one seen, with a pause growing from 5 ms to 100 ms while idle.
+
+    Row ids may commit out of order on PostgreSQL and MySQL (two concurrent
+    broadcasts), so ids seen in the last few seconds are remembered and the scan
+    restarts below them, rather than trusting "the highest id seen".
+    """
+
+    def __init__(self, transport: SQLTransport, channel: str) -> None:
+        self._transport = transport
+        self._channel = channel
+        self._buffer: list[bytes] = []
+        self._seen: dict[int, float] = {}  # id -> when it was seen
+        self._closed = False
+        b = transport.tables.broadcast
+        with transport._read("subscribing") as conn:
+            self._floor = int(
+                conn.execute(sa.select(sa.func.coalesce(sa.func.max(b.c.id), 0))).scalar_one()
+            )
+
+    def _fetch(self) -> None:
+        b = self._transport.tables.broadcast
+        stmt = (
+            sa.select(b.c.id, b.c.body)
+            .where(b.c.channel == self._channel, b.c.id > self._floor)
+            .order_by(b.c.id)
+            .limit(500)
+        )
+        with self._transport._read("reading broadcasts") as conn:
+            rows = conn.execute(stmt).all()
+        now = time.monotonic()
+        for row in rows:
+            if row.id not in self._seen:
+                self._seen[row.id] = now
+                self._buffer.append(bytes(row.body))
+        # Ids seen long enough ago that no earlier id can still be uncommitted.
+        settled = [i for i, seen_at in self._seen.items() if now - seen_at > _BROADCAST_GRACE]
+        if settled:
+            self._floor = max(self._floor, max(settled))
+            self._seen = {i: s for i, s in self._seen.items() if i > self._floor}
+
+    def get(self, timeout: float) -> bytes | None:
+        """The next broadcast body, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        pause = _MIN_POLL
+        while not self._closed:
+            if self._buffer:
+                return self._buffer.pop(0)
+            self._fetch()
+            if self._buffer:
+                return self._buffer.pop(0)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.1)
+        return None
+
+    def close(self) -> None:
+        """Stop listening (idempotent)."""
+        self._closed = True
+
+
+def _insert_ignore(dialect: str, table: sa.Table) -> Any:
+    """``INSERT`` that silently skips rows whose primary key exists."""
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        return pg.insert(table).on_conflict_do_nothing()
+    return sa.insert(table).prefix_with("IGNORE")
+
+
+def _record_version(conn: Connection, meta: sa.Table, name: str, version: int) -> None:
+    """Check the recorded schema version (``name`` in ``meta``) and record ``version``
+    on a fresh database; refuse a schema newer than this code."""
+    found = conn.execute(sa.select(meta.c.value).where(meta.c.name == name)).scalar()
+    if found is None:
+        conn.execute(sa.insert(meta), {"name": name, "value": str(version)})
+    elif int(found) > version:
+        raise ConfigurationError(
+            f"the database holds polyq schema {name}={found}, newer than this polyq "
+            f"understands ({version}); upgrade polyq on this machine"
+        )
+    # int(found) < version: no older schema exists yet; upgrades go here, in order.
