@@ -1,0 +1,283 @@
+"""The Redis result backend: values with native expiry, pub/sub-woken waits.
+
+URLs
+----
+The same as the Redis transport (``redis://``, ``rediss://``, ``redis+sentinel://``;
+see :mod:`polyq_transports.redis`, whose connection code this module reuses so that
+TLS, Sentinel and timeouts are set up once). Use another database than the
+broker's, as usual (broker ``/0``, results ``/1``). Options: ``namespace`` (key and
+channel prefix, default ``"polyq"``; Celery's ``global_keyprefix`` is an alias), and
+the connection options of the transport (``socket_timeout``, ``ssl_*``,
+``master_name``...).
+
+Design
+------
+* A value is a Redis string ``{namespace}:k:{key}`` written with ``SET ... PX``;
+  Redis never returns an expired key, however late it reclaims the memory, so a
+  read cannot see an expired result.
+* A set (chord counters) is a Redis set ``{namespace}:s:{key}``, apart from values
+  so a key can hold both. ``add_to_set`` is ``SADD`` + ``SCARD`` (+ ``PEXPIRE``) in
+  one ``MULTI``: atomic, and a member added twice (a redelivered header task) is
+  counted once.
+* ``set_if_absent`` is ``SET NX``: exactly one concurrent caller wins.
+* ``set`` also ``PUBLISH``-es on ``{namespace}:{db}:result:{key}`` in the same round
+  trip. ``wait`` subscribes to that channel, then reads the key (so a value stored
+  before the subscription is seen), then sleeps until the notification. Pub/sub
+  ignores the database number, hence the db and namespace in the channel name.
+  One pub/sub connection per backend instance serves every ``wait``: a daemon
+  thread reads it and wakes the waiting threads, so a wait costs a ``SUBSCRIBE``
+  and two ``GET`` round trips, not a new connection. A notification lost while the
+  pub/sub connection reconnects is covered by re-reading the key every 2 s.
+
+Capabilities: ``push_wait``; durable as the server's persistence makes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import redis
+from redis.client import PubSub
+
+from polyq.backend import BackendCapabilities, ResultBackend
+from polyq.url import query_options, redact
+from polyq_transports.redis import connect, translate_errors
+
+__all__ = ["RedisResultBackend"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest a wait trusts pub/sub alone before reading the key again.
+_RECHECK = 2.0
+
+
+def _px(ttl: float) -> int:
+    return max(1, round(ttl * 1000))
+
+
+class _Waiter:
+    __slots__ = ("fired", "subscribed")
+
+    def __init__(self) -> None:
+        self.subscribed = threading.Event()
+        self.fired = threading.Event()
+
+
+class _Notifier:
+    """One pub/sub connection and the thread that reads it for every ``wait``."""
+
+    def __init__(self, pubsub: PubSub, home: str, url: str) -> None:
+        self._pubsub = pubsub
+        self._url = url
+        # Guards the waiter tables and every SUBSCRIBE/UNSUBSCRIBE sent, so the
+        # commands reach Redis in the order the tables change.
+        self._lock = threading.Lock()
+        self._waiters: dict[bytes, list[_Waiter]] = {}
+        #: SUBSCRIBEs sent per channel and not yet confirmed.
+        self._pending: dict[bytes, int] = {}
+        self._closed = threading.Event()
+        with translate_errors(url, "subscribe for result notifications"):
+            # A private channel keeps the connection subscribed when no wait is.
+            pubsub.subscribe(home)
+        self._thread = threading.Thread(target=self._run, name="polyq-redis-results", daemon=True)
+        self._thread.start()
+
+    def watch(self, channel: bytes) -> _Waiter:
+        waiter = _Waiter()
+        with self._lock:
+            waiters = self._waiters.setdefault(channel, [])
+            waiters.append(waiter)
+            if len(waiters) == 1:
+                self._pending[channel] = self._pending.get(channel, 0) + 1
+                with translate_errors(self._url, "subscribe for a result"):
+                    self._pubsub.subscribe(channel)
+            elif not self._pending.get(channel):
+                waiter.subscribed.set()
+        return waiter
+
+    def unwatch(self, channel: bytes, waiter: _Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(channel, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(channel, None)
+                with contextlib.suppress(redis.RedisError):
+                    self._pubsub.unsubscribe(channel)
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            try:
+                reply = self._pubsub.get_message(timeout=1.0)
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if self._closed.is_set():
+                    return
+                logger.warning("result notifications from %s interrupted: %s", self._url, exc)
+                with self._lock:  # let every wait re-read its key
+                    for waiters in self._waiters.values():
+                        for waiter in waiters:
+                            waiter.subscribed.set()
+                            waiter.fired.set()
+                self._closed.wait(0.2)
+                continue
+            if reply is None:
+                continue
+            kind, channel = reply["type"], reply["channel"]
+            with self._lock:
+                if kind == "subscribe" and channel in self._pending:
+                    self._pending[channel] -= 1
+                    if self._pending[channel] <= 0:
+                        del self._pending[channel]
+                        for waiter in self._waiters.get(channel, ()):
+                            waiter.subscribed.set()
+                elif kind == "message":
+                    for waiter in self._waiters.get(channel, ()):
+                        waiter.fired.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=2.0)
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._pubsub.close()
+
+
+class RedisResultBackend(ResultBackend):
+    """The Redis result store (``redis://``, ``rediss://``, ``redis+sentinel://``)."""
+
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(push_wait=True, durable=True)
+
+    def __init__(self, url: str, **options: Any) -> None:
+        options = {**options, **query_options(url)}
+        super().__init__(url, **options)
+        namespace = str(options.get("namespace", options.get("global_keyprefix", "polyq")))
+        self.namespace = namespace.rstrip(":_") or "polyq"
+        self._client, self.db = connect(url, options)
+        self._values = f"{self.namespace}:k:"
+        self._sets = f"{self.namespace}:s:"
+        self._channels = f"{self.namespace}:{self.db}:result:"
+        self._notifier: _Notifier | None = None
+        self._notifier_lock = threading.Lock()
+
+    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(self.url, what)
+
+    def get(self, key: str) -> bytes | None:
+        """``GET``; Redis never returns an expired key."""
+        with self._errors(f"read result key {key!r}"):
+            value: bytes | None = self._client.get(self._values + key)
+        return value
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """One ``MGET``."""
+        if not keys:
+            return {}
+        with self._errors(f"read {len(keys)} result keys"):
+            values = self._client.mget([self._values + key for key in keys])
+        return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """``SET`` (with ``PX`` for a ttl) and ``PUBLISH`` the key, in one round trip."""
+        self.set_many([(key, value)], ttl)
+
+    def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None = None) -> None:
+        """Every ``SET`` and ``PUBLISH`` pipelined into one round trip."""
+        if not items:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for key, value in items:
+            if ttl is not None and ttl <= 0:
+                pipe.delete(self._values + key)  # expired the moment it is written
+                continue
+            pipe.set(self._values + key, value, px=None if ttl is None else _px(ttl))
+            pipe.publish(self._channels + key, b"")
+        with self._errors(f"store {len(items)} result(s)"):
+            pipe.execute()
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """``DEL`` the values and sets under ``keys``."""
+        if not keys:
+            return
+        names = [prefix + key for key in keys for prefix in (self._values, self._sets)]
+        with self._errors(f"delete {len(keys)} result key(s)"):
+            self._client.delete(*names)
+
+    def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
+        """``SADD`` + ``SCARD`` (+ ``PEXPIRE``) in one ``MULTI``; the set's size after."""
+        name = self._sets + key
+        pipe = self._client.pipeline(transaction=True)
+        pipe.sadd(name, member)
+        pipe.scard(name)
+        if ttl is not None:
+            if ttl <= 0:
+                pipe.delete(name)
+            else:
+                pipe.pexpire(name, _px(ttl))
+        with self._errors(f"add to result set {key!r}"):
+            replies = pipe.execute()
+        return int(replies[1])
+
+    def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """``SET NX``: true for exactly one of many concurrent callers."""
+        name = self._values + key
+        with self._errors(f"set result key {key!r} if absent"):
+            if ttl is not None and ttl <= 0:
+                return not self._client.exists(name)
+            stored = self._client.set(name, value, nx=True, px=None if ttl is None else _px(ttl))
+            if stored:
+                self._client.publish(self._channels + key, b"")
+        return bool(stored)
+
+    def _notifications(self) -> _Notifier:
+        with self._notifier_lock:
+            if self._notifier is None:
+                home = f"{self._channels}~listener:{id(self)}"
+                self._notifier = _Notifier(self._client.pubsub(), home, redact(self.url))
+            return self._notifier
+
+    def wait(self, key: str, timeout: float) -> bytes | None:
+        """Subscribe to the key's channel, read it, then sleep until it is published."""
+        deadline = time.monotonic() + timeout
+        notifier = self._notifications()
+        channel = (self._channels + key).encode()
+        waiter = notifier.watch(channel)
+        try:
+            # Confirmation takes one round trip; a slow one only costs the read below.
+            waiter.subscribed.wait(max(0.0, min(timeout, _RECHECK)))
+            while True:
+                value = self.get(key)
+                remaining = deadline - time.monotonic()
+                if value is not None or remaining <= 0:
+                    return value
+                waiter.fired.wait(min(remaining, _RECHECK))
+                waiter.fired.clear()
+        finally:
+            notifier.unwatch(channel, waiter)
+
+    def keys(self, prefix: str, limit: int = 1000) -> list[str]:
+        """Live value and set keys starting with ``prefix`` (``SCAN``), sorted."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        found: set[str] = set()
+        with self._errors(f"list result keys starting with {prefix!r}"):
+            for base in (self._values, self._sets):
+                for name in self._client.scan_iter(match=base + pattern, count=1000):
+                    found.add(name.decode()[len(base) :])
+        return sorted(found)[:limit]
+
+    def close(self) -> None:
+        """Stop the notification thread and close the connections; idempotent."""
+        with self._notifier_lock:
+            notifier, self._notifier = self._notifier, None
+        if notifier is not None:
+            notifier.close()
+        with contextlib.suppress(redis.RedisError):
+            self._client.close()
+            self._client.connection_pool.disconnect()
+
+    def describe(self) -> str:
+        """The URL with credentials redacted, and the namespace."""
+        return f"{redact(self.url)} (namespace {self.namespace!r})"
