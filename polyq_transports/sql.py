@@ -708,11 +708,10 @@ class SQLTransport(Transport):
 
     def _listening(self) -> Any:
         if self._listener is None:
-            import psycopg
-
-            args = self.engine.url.translate_connect_args(username="user", database="dbname")
-            args = {k: v for k, v in args.items() if v is not None}
-            conn = psycopg.connect(autocommit=True, **args, **dict(self.engine.url.query))
+            engine = self.engine
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            conn = engine.dialect.connect(*cargs, **cparams)
+            conn.autocommit = True
             conn.execute(f'LISTEN "{self._notify_channel}"')
             self._listener = conn
         return self._listener
