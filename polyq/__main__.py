@@ -1,0 +1,5 @@
+"""``python -m polyq`` runs the command line."""
+
+from polyq.cli import main
+
+main()

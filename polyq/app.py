@@ -1,0 +1,600 @@
+"""The application: configuration, the task registry, and sending tasks."""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import importlib
+import inspect
+import logging
+import os
+import threading
+import time
+import zoneinfo
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+from polyq import signals
+from polyq.backend import ResultBackend
+from polyq.config import Settings, default_sqlite_url
+from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.message import TaskMessage, encode
+from polyq.registry import create_backend, create_transport
+from polyq.result import AsyncResult
+from polyq.serialization import accepted_types
+from polyq.task import Task, current_request
+from polyq.transport import OutgoingMessage, Transport
+from polyq.url import redact
+
+__all__ = ["Polyq", "current_app", "default_app", "shared_task"]
+
+logger = logging.getLogger("polyq.app")
+
+#: The app that ``AsyncResult(id)`` and ``shared_task`` use when none is given:
+#: the most recently created one, as Celery's ``current_app``.
+_current: list[Polyq] = []
+_shared_tasks: list[Callable[[Polyq], Task]] = []
+
+
+def default_app() -> Polyq:
+    """The current app, creating a default one (SQLite in the working directory) if none."""
+    if not _current:
+        Polyq("default")
+    return _current[-1]
+
+
+current_app = default_app
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """Like ``@app.task`` for reusable apps: the task is registered on every app.
+
+    Returns the task registered on the current app (the one created last).
+    """
+
+    def decorate(fun: Callable[..., Any]) -> Task:
+        def register(app: Polyq) -> Task:
+            return cast(Task, app.task(**options)(fun))
+
+        _shared_tasks.append(register)
+        for app in _current:
+            register(app)
+        return register(default_app())
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return decorate(args[0])
+    return decorate
+
+
+class Polyq:
+    """A polyq application.
+
+    ``Polyq()`` with no arguments uses the SQLite file ``polyq.sqlite3`` in the
+    working directory as broker and result store (or ``POLYQ_BROKER_URL`` /
+    ``POLYQ_RESULT_BACKEND``). ``broker`` and ``backend`` take URLs whose scheme
+    picks the plugin (``redis://``, ``amqp://``, ``postgresql://``, ``sqs://``...).
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        *,
+        include: Sequence[str] | None = None,
+        config_source: Any = None,
+        task_cls: type[Task] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        if config_source is not None:
+            self.conf.from_object(config_source)
+        if broker:
+            self.conf["broker_url"] = broker
+        if backend:
+            self.conf["result_backend"] = backend
+        if include:
+            self.conf["include"] = list(include)
+        for key, value in settings.items():
+            self.conf[key] = value
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._transport: Transport | None = None
+        self._backend: ResultBackend | None = None
+        self._autodiscover: list[tuple[Any, str]] = []
+        self._finalized = False
+        base = task_cls or Task
+        #: The base class of this app's tasks; subclass it for shared hooks.
+        self.Task: type[Task] = type("Task", (base,), {"app": self, "__module__": __name__})
+        from polyq.control import Control
+
+        self.control = Control(self)
+        _current.append(self)
+        for register in list(_shared_tasks):
+            register(self)
+
+    # -- configuration ---------------------------------------------------------
+
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Read settings from an object, a module or its dotted name; with
+        ``namespace='CELERY'`` only ``CELERY_``-prefixed names (Django settings)."""
+        self.conf.from_object(obj, namespace)
+        self._reset_connections()
+
+    def config_from_envvar(self, variable: str, namespace: str | None = None) -> None:
+        """Read settings from the module named by environment variable ``variable``."""
+        module = os.environ.get(variable)
+        if not module:
+            raise ConfigurationError(f"environment variable {variable} is not set")
+        self.config_from_object(module, namespace)
+
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.<related_name>`` for each package (a list or a callable
+        returning one, e.g. Django's installed apps) when the app is finalized, or
+        now with ``force``."""
+        self._autodiscover.append((packages, related_name))
+        if force:
+            self._run_autodiscover()
+
+    def _run_autodiscover(self) -> None:
+        while self._autodiscover:
+            packages, related = self._autodiscover.pop(0)
+            if callable(packages):
+                packages = packages()
+            for package in packages or ():
+                try:
+                    importlib.import_module(f"{package}.{related}")
+                except ModuleNotFoundError as exc:
+                    if exc.name not in (f"{package}.{related}",):
+                        raise
+
+    def finalize(self) -> None:
+        """Import configured modules (``imports``, ``include``) and autodiscovered ones."""
+        if self._finalized:
+            return
+        self._finalized = True
+        for module in [*self.conf.imports, *self.conf.include]:
+            importlib.import_module(module)
+        self._run_autodiscover()
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URL in use (the SQLite default when none is configured)."""
+        return self.conf.broker_url or default_sqlite_url()
+
+    @property
+    def backend_url(self) -> str:
+        """The result backend URL in use (the SQLite default when none is configured)."""
+        return self.conf.result_backend or default_sqlite_url()
+
+    @property
+    def result_ttl(self) -> float | None:
+        """``result_expires`` in seconds (``None``: keep forever)."""
+        expires = self.conf.result_expires
+        if isinstance(expires, datetime.timedelta):
+            return expires.total_seconds()
+        return None if expires is None else float(expires)
+
+    @property
+    def accept(self) -> frozenset[str]:
+        """Content types workers deserialize (``accept_content``)."""
+        return accepted_types(self.conf.accept_content)
+
+    @property
+    def result_accept(self) -> frozenset[str]:
+        """Content types accepted in results (``result_accept_content``)."""
+        return accepted_types(self.conf.result_accept_content or self.conf.accept_content)
+
+    @property
+    def timezone(self) -> datetime.tzinfo:
+        """``timezone`` as a tzinfo."""
+        return zoneinfo.ZoneInfo(self.conf.timezone or "UTC")
+
+    # -- connections (one per process, rebuilt after fork) ----------------------
+
+    def _reset_connections(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                for conn in (self._transport, self._backend):
+                    if conn is not None:
+                        try:
+                            conn.close()
+                        except Exception:
+                            logger.debug("closing %s failed", conn, exc_info=True)
+            self._transport = None
+            self._backend = None
+            self._pid = os.getpid()
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child: never reuse the parent's sockets or SQLite handles.
+            self._transport = None
+            self._backend = None
+            self._pid = os.getpid()
+
+    @property
+    def transport(self) -> Transport:
+        """This process's broker connection (created on first use)."""
+        self._check_pid()
+        if self._transport is None:
+            with self._lock:
+                if self._transport is None:
+                    self._transport = create_transport(
+                        self.broker_url, **(self.conf.broker_transport_options or {})
+                    )
+        return self._transport
+
+    @property
+    def backend(self) -> ResultBackend:
+        """This process's result backend (created on first use)."""
+        self._check_pid()
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = create_backend(
+                        self.backend_url, **(self.conf.result_backend_transport_options or {})
+                    )
+        return self._backend
+
+    def close(self) -> None:
+        """Close this process's broker and backend connections."""
+        self._reset_connections()
+
+    # -- tasks -----------------------------------------------------------------
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """Registered tasks by name (importing configured modules first)."""
+        self.finalize()
+        return self._tasks
+
+    def task(self, *args: Any, **options: Any) -> Any:
+        """Decorator making a function a task: ``@app.task`` or ``@app.task(**options)``.
+
+        Options: ``name``, ``bind``, ``base``, and every :class:`Task` attribute
+        (``max_retries``, ``autoretry_for``, ``acks_late``, ``queue``, ...).
+        """
+
+        def decorate(fun: Callable[..., Any]) -> Task:
+            return self._task_from_function(fun, **options)
+
+        if len(args) == 1 and callable(args[0]) and not options:
+            return decorate(args[0])
+        if args:
+            raise TypeError("@app.task takes keyword options only, e.g. @app.task(bind=True)")
+        return decorate
+
+    def _task_from_function(
+        self,
+        fun: Callable[..., Any],
+        name: str | None = None,
+        base: type[Task] | None = None,
+        bind: bool = False,
+        **options: Any,
+    ) -> Task:
+        name = name or self._task_name(fun)
+        base = base or self.Task
+        unknown = [k for k in options if not hasattr(Task, k)]
+        if unknown:
+            raise TypeError(f"unknown task option(s) {unknown} for task {name}")
+        attrs: dict[str, Any] = {
+            "name": name,
+            "app": self,
+            "bind": bind,
+            "run": fun if bind else staticmethod(fun),
+            "__doc__": fun.__doc__,
+            "__module__": fun.__module__,
+            "__wrapped__": fun,
+            **options,
+        }
+        if "autoretry_for" in options:
+            attrs["autoretry_for"] = tuple(options["autoretry_for"])
+        cls = type(fun.__name__, (base,), attrs)
+        task = cast(Task, cls())
+        self._tasks[name] = task
+        return task
+
+    def _task_name(self, fun: Callable[..., Any]) -> str:
+        module = fun.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{fun.__name__}"
+
+    def register_task(self, task: Task | type[Task]) -> Task:
+        """Register a class-based task (a ``Task`` subclass with a ``run`` and a ``name``)."""
+        instance = task() if isinstance(task, type) else task
+        if not instance.name:
+            raise ValueError(f"{instance!r} has no name")
+        type(instance).app = self
+        self._tasks[instance.name] = instance
+        return instance
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_type: Task | None = None,
+        countdown: float | None = None,
+        eta: datetime.datetime | float | None = None,
+        expires: datetime.datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        serializer: str | None = None,
+        compression: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        ignore_result: bool | None = None,
+        connection: Any = None,
+        retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        group_id: str | None = None,
+        group_index: int | None = None,
+        group_size: int | None = None,
+        options: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> AsyncResult:
+        """Send a task by name (it need not be registered here). See ``apply_async``."""
+        if extra:
+            raise TypeError(f"unknown option(s) for sending {name}: {sorted(extra)}")
+        task = task_type or self._tasks.get(name)
+        route = self._route(name, args, kwargs, task)
+        queue = queue or route.get("queue") or (task.queue if task else None)
+        if priority is None:
+            priority = route.get("priority")
+        if priority is None and task is not None:
+            priority = task.priority
+        if priority is None:
+            priority = self.conf.task_default_priority
+        if not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ValueError(f"priority must be an int from 0 to 9 (higher runs first), not {priority!r}")
+        if expires is None and task is not None:
+            expires = task.expires
+        parent = current_request.get()
+        if parent is not None and parent.id and not parent.is_eager:
+            parent_id = parent_id or parent.id
+            root_id = root_id or parent.root_id or parent.id
+        from polyq.message import new_id
+
+        task_id = task_id or new_id()
+        if parent is not None and parent.id:
+            parent.children.append(task_id)
+        canvas_options = dict(options or {})
+        if link is not None:
+            canvas_options["link"] = _as_list(link)
+        if link_error is not None:
+            canvas_options["link_error"] = _as_list(link_error)
+        message = TaskMessage(
+            task=name,
+            id=task_id,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            expires=self._to_timestamp(expires, relative=True),
+            root_id=root_id or task_id,
+            parent_id=parent_id,
+            group_id=group_id,
+            group_index=group_index,
+            group_size=group_size,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            ignore_result=ignore_result,
+            options=_jsonable_options(canvas_options),
+            headers=dict(headers or {}),
+            queue=queue or self.conf.task_default_queue,
+            priority=priority,
+        )
+        self.publish(
+            message,
+            countdown=countdown,
+            eta=eta,
+            task_type=task,
+            serializer=serializer,
+            compression=compression,
+            connection=connection,
+            retry=retry,
+            retry_policy=retry_policy,
+        )
+        return AsyncResult(task_id, app=self, task_name=name)
+
+    def publish(
+        self,
+        message: TaskMessage,
+        *,
+        countdown: float | None = None,
+        eta: Any = None,
+        task_type: Task | None = None,
+        serializer: str | None = None,
+        compression: str | None = None,
+        connection: Any = None,
+        retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Encode and publish one task message (ETA set from ``countdown``/``eta``)."""
+        now = time.time()
+        when = self._to_timestamp(eta, relative=False) if eta is not None else None
+        if countdown is not None:
+            when = now + float(countdown)
+        message.eta = when if when is not None and when > now else None
+        serializer = serializer or (task_type.serializer if task_type else None)
+        compression = compression or (task_type.compression if task_type else None)
+        out = encode(
+            message,
+            serializer or self.conf.task_serializer,
+            compression or self.conf.task_compression,
+            delay=self.native_delay(message.eta, now),
+        )
+        signals.before_task_publish.send(
+            sender=message.task, body=out.body, headers=out.headers, routing_key=out.queue
+        )
+        self.publish_raw([out], connection=connection, retry=retry, retry_policy=retry_policy)
+        signals.after_task_publish.send(
+            sender=message.task, body=out.body, headers=out.headers, routing_key=out.queue
+        )
+
+    def native_delay(self, eta: float | None, now: float | None = None) -> float:
+        """The delay to ask of the broker for ``eta``: all of it, or the broker's
+        maximum (the worker re-delays the rest when the message arrives)."""
+        if eta is None:
+            return 0.0
+        delay = max(0.0, eta - (now if now is not None else time.time()))
+        limit = self.transport.capabilities.max_delay
+        if limit is not None:
+            delay = min(delay, limit)
+        return delay
+
+    def publish_raw(
+        self,
+        messages: Sequence[OutgoingMessage],
+        *,
+        connection: Any = None,
+        retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish encoded messages, retrying connection errors under
+        ``task_publish_retry_policy`` before raising."""
+        transport = self.transport
+        kwargs: dict[str, Any] = {}
+        if connection is not None:
+            if not transport.capabilities.transactional_enqueue:
+                raise ConfigurationError(
+                    f"connection= (publish inside your database transaction) needs a SQL broker "
+                    f"on the same database; the broker {transport.describe()} cannot join a "
+                    "transaction. Remove connection= or use a postgresql://, mysql:// or "
+                    "sqlite:// broker."
+                )
+            kwargs["connection"] = connection
+            retry = False  # the caller's transaction decides; a retry could duplicate it
+        if retry is None:
+            retry = self.conf.task_publish_retry
+        policy = {**self.conf.task_publish_retry_policy, **(retry_policy or {})}
+        attempts = int(policy.get("max_retries", 3)) if retry else 0
+        pause = float(policy.get("interval_start", 0.0))
+        for attempt in range(attempts + 1):
+            try:
+                transport.publish(messages, **kwargs)
+                return
+            except BrokerError as exc:
+                if attempt >= attempts or type(exc).__name__ == "MessageTooLarge":
+                    raise
+                logger.warning(
+                    "publish to %s failed (%s); retry %d/%d in %.1fs",
+                    redact(transport.describe()), redact(str(exc)), attempt + 1, attempts, pause,
+                )
+                time.sleep(pause)
+                pause = min(pause + float(policy.get("interval_step", 0.2)),
+                            float(policy.get("interval_max", 1.0)))
+
+    def _route(
+        self, name: str, args: Any, kwargs: Any, task: Task | None
+    ) -> dict[str, Any]:
+        routes = self.conf.task_routes
+        if not routes:
+            return {}
+        for router in routes if isinstance(routes, list | tuple) else [routes]:
+            found: Any = None
+            if callable(router):
+                params = inspect.signature(router).parameters
+                found = router(name, args, kwargs, {}, task=task) if "task" in params or any(
+                    p.kind is p.VAR_KEYWORD for p in params.values()
+                ) else router(name, args, kwargs, {})
+            elif isinstance(router, dict):
+                for pattern, value in router.items():
+                    if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                        found = value
+                        break
+            if found:
+                return {"queue": found} if isinstance(found, str) else dict(found)
+        return {}
+
+    def _to_timestamp(self, value: Any, relative: bool) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(
+                    tzinfo=datetime.UTC if self.conf.enable_utc else self.timezone
+                )
+            return value.timestamp()
+        if isinstance(value, datetime.timedelta):
+            return time.time() + value.total_seconds()
+        if isinstance(value, int | float):
+            return time.time() + float(value) if relative else float(value)
+        raise TypeError(f"expected a datetime or a number of seconds, not {value!r}")
+
+    # -- canvas hooks (filled in by polyq.canvas) -------------------------------
+
+    def canvas_on_success(self, task: Task, message: TaskMessage, retval: Any) -> None:
+        """Send ``link`` callbacks (and what follows in a chain) after a success."""
+        from polyq.canvas import on_success
+
+        on_success(self, task, message, retval)
+
+    def canvas_on_failure(self, task: Task, message: TaskMessage, exc: BaseException) -> None:
+        """Send ``link_error`` callbacks after a failure."""
+        from polyq.canvas import on_failure
+
+        on_failure(self, task, message, exc)
+
+    # -- conveniences ----------------------------------------------------------
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        """A result handle for ``task_id``."""
+        return AsyncResult(task_id, app=self)
+
+    def GroupResult(self, group_id: str, results: Sequence[AsyncResult]) -> Any:  # noqa: N802
+        """A group result handle."""
+        from polyq.result import GroupResult
+
+        return GroupResult(group_id, results, app=self)
+
+    def Worker(self, **options: Any) -> Any:  # noqa: N802 - Celery's name
+        """A :class:`polyq.worker.Worker` for this app."""
+        from polyq.worker import Worker
+
+        return Worker(self, **options)
+
+    def __repr__(self) -> str:
+        return f"<Polyq {self.main or '__main__'} broker={redact(self.broker_url)}>"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _jsonable_options(options: dict[str, Any]) -> dict[str, Any]:
+    # Signatures are dicts already; plain tasks given as link= become signatures.
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in ("link", "link_error"):
+            out[key] = [dict(_to_signature(v)) for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+def _to_signature(value: Any) -> Any:
+    from polyq.canvas import Signature
+
+    if isinstance(value, Task):
+        return value.s()
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, Signature):
+        return value
+    raise TypeError(f"link/link_error take signatures or tasks, not {value!r}")

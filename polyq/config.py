@@ -1,0 +1,190 @@
+"""Settings with Celery's key names: defaults, environment, objects and modules."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+__all__ = ["DEFAULTS", "Settings", "default_sqlite_url"]
+
+#: Every setting polyq understands, with its default. Names are Celery's.
+DEFAULTS: dict[str, Any] = {
+    # Where things live. ``None`` means the SQLite file ``polyq.sqlite3`` in the
+    # working directory (or POLYQ_BROKER_URL / POLYQ_RESULT_BACKEND).
+    "broker_url": None,
+    "result_backend": None,
+    "broker_transport_options": {},
+    "result_backend_transport_options": {},
+    "broker_connection_retry_on_startup": True,
+    "broker_use_ssl": None,
+    # Messages.
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": None,
+    "task_compression": None,
+    "task_protocol": 1,
+    # Routing and calling.
+    "task_default_queue": "celery",
+    "task_default_priority": 0,
+    "task_routes": None,
+    "task_always_eager": False,
+    "task_eager_propagates": False,
+    "task_store_eager_result": False,
+    "task_publish_retry": True,
+    "task_publish_retry_policy": {
+        "max_retries": 3,
+        "interval_start": 0.0,
+        "interval_step": 0.2,
+        "interval_max": 1.0,
+    },
+    "task_send_sent_event": False,
+    # Execution.
+    "task_acks_late": True,
+    "task_acks_on_failure_or_timeout": True,
+    "task_reject_on_worker_lost": True,
+    "task_max_deliveries": 10,
+    "task_time_limit": None,
+    "task_soft_time_limit": None,
+    "task_default_rate_limit": None,
+    "task_ignore_result": False,
+    "task_track_started": False,
+    "task_annotations": None,
+    "worker_deduplicate_successful_tasks": False,
+    # Results.
+    "result_expires": 86400,
+    "result_extended": False,
+    "result_exception_allowlist": [],
+    # Time.
+    "timezone": "UTC",
+    "enable_utc": True,
+    # Worker.
+    "worker_concurrency": None,
+    "worker_prefetch_multiplier": 4,
+    "worker_max_tasks_per_child": None,
+    "worker_max_memory_per_child": None,
+    "worker_pool": "prefork",
+    "worker_soft_shutdown_timeout": 0.0,
+    "worker_hijack_root_logger": True,
+    "worker_log_format": "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
+    "worker_task_log_format": (
+        "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+    ),
+    "worker_send_task_events": False,
+    "worker_redirect_stdouts": True,
+    # Modules.
+    "imports": [],
+    "include": [],
+    # Periodic tasks.
+    "beat_schedule": {},
+}
+
+#: Celery settings polyq deliberately does not have, and what to use instead.
+NOT_SUPPORTED: dict[str, str] = {
+    "broker_pool_limit": "each process keeps one broker connection per plugin; no pool to size",
+    "worker_direct": "route to a worker's own queue with -Q instead",
+    "task_create_missing_queues": "queues are always created on first use",
+    "result_chord_join_timeout": "chords never join by polling in polyq",
+    "worker_disable_rate_limits": "do not set rate_limit on the tasks",
+    "event_queue_expires": "events use the broker's broadcast",
+}
+
+_ENV_PREFIX = "POLYQ_"
+_FILE = "polyq.sqlite3"
+
+
+def default_sqlite_url(directory: str | None = None) -> str:
+    """The embedded default: ``sqlite:///<absolute path>/polyq.sqlite3``."""
+    path = os.path.abspath(os.path.join(directory or os.getcwd(), _FILE))
+    return f"sqlite:///{path}"
+
+
+def _from_env(key: str, raw: str) -> Any:
+    default = DEFAULTS[key]
+    if isinstance(default, str) or (default is None and key.endswith(("url", "backend"))):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+class Settings(MutableMapping[str, Any]):
+    """``app.conf``: a mapping of settings that also reads as attributes.
+
+    Lookup order: a value set in code (``update``, ``config_from_object``) wins;
+    then an environment variable ``POLYQ_<KEY IN UPPER CASE>``; then the default.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._explicit: dict[str, Any] = {}
+        self._environ = os.environ if environ is None else environ
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._explicit:
+            return self._explicit[key]
+        env_key = _ENV_PREFIX + key.upper()
+        if env_key in self._environ and key in DEFAULTS:
+            return _from_env(key, self._environ[env_key])
+        return DEFAULTS[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in DEFAULTS:
+            hint = NOT_SUPPORTED.get(key)
+            warnings.warn(
+                f"polyq has no setting {key!r}"
+                + (f" ({hint})" if hint else "; see docs/configuration.md for the list"),
+                stacklevel=3,
+            )
+        self._explicit[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._explicit[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DEFAULTS)
+
+    def __len__(self) -> int:
+        return len(DEFAULTS)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no setting {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key.startswith("_"):
+            object.__setattr__(self, key, value)
+        else:
+            self[key] = value
+
+    def update_from(self, source: Mapping[str, Any], namespace: str | None = None) -> None:
+        """Take settings from a mapping; with ``namespace='CELERY'`` only keys
+        ``CELERY_<KEY>`` are read (Django style), lower-cased without the prefix."""
+        prefix = f"{namespace}_" if namespace else None
+        for key, value in source.items():
+            if prefix:
+                if not key.startswith(prefix):
+                    continue
+                key = key[len(prefix) :].lower()
+            elif key.startswith("_") or not key.islower():
+                continue
+            self[key] = value
+
+    def from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Take settings from an object or module (or its dotted name)."""
+        if isinstance(obj, str):
+            obj = importlib.import_module(obj)
+        source = obj if isinstance(obj, Mapping) else {k: getattr(obj, k) for k in dir(obj)}
+        self.update_from(source, namespace)
+
+    def is_set(self, key: str) -> bool:
+        """Whether ``key`` was set in code or the environment (not just defaulted)."""
+        return key in self._explicit or (_ENV_PREFIX + key.upper()) in self._environ

@@ -1,0 +1,421 @@
+"""Running one task call: hooks, signals, retries, states and the ack decision.
+
+The same path serves every worker pool and ``Task.apply()`` (eager mode), so a
+task behaves the same in tests as in production. It returns an
+:class:`Outcome` telling the worker what to do with the message; storing the
+result happens here, before the worker acks (at-least-once: a crash between the
+two runs the task again rather than losing its result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import inspect
+import logging
+import os
+import signal
+import threading
+import time
+import traceback as tb
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from polyq import signals, states
+from polyq.exceptions import (
+    Ignore,
+    MaxRetriesExceededError,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+)
+from polyq.message import TaskMessage
+from polyq.result import AsyncResult, encode_record, exception_fields, in_task, meta_key
+from polyq.task import Context, Task, current_request
+
+if TYPE_CHECKING:
+    from polyq.app import Polyq
+
+__all__ = ["EagerResult", "Outcome", "apply_eagerly", "execute", "store_state"]
+
+logger = logging.getLogger("polyq.worker")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one call, and what the worker must do with its message."""
+
+    action: Literal["ack", "requeue", "dead_letter"]
+    task_id: str
+    state: str | None = None
+    #: ``requeue``: deliver again after this many seconds.
+    delay: float = 0.0
+    #: ``dead_letter``: why.
+    reason: str = ""
+    runtime: float = 0.0
+    value: Any = None
+    exc: BaseException | None = None
+    traceback: str | None = None
+
+
+def store_state(
+    app: Polyq,
+    task_id: str,
+    state: str,
+    result: Any = None,
+    *,
+    exc: BaseException | None = None,
+    message: TaskMessage | None = None,
+    hostname: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a task's record to the result backend."""
+    record: dict[str, Any] = {"status": state, "result": result, "task_id": task_id}
+    if exc is not None:
+        record.update(exception_fields(exc))
+        record["result"] = None
+    if state in states.READY_STATES:
+        record["date_done"] = datetime.datetime.now(datetime.UTC).isoformat()
+    if message is not None:
+        record["retries"] = message.retries
+        if app.conf.result_extended:
+            record.update(
+                name=message.task,
+                args=message.args,
+                kwargs=message.kwargs,
+                queue=message.queue,
+                worker=hostname,
+            )
+    if extra:
+        record.update(extra)
+    data = encode_record(record, app.conf.result_serializer)
+    app.backend.set(meta_key(task_id), data, ttl=app.result_ttl)
+
+
+class _SoftTimeLimit:
+    """Raise ``SoftTimeLimitExceeded`` in the task after ``seconds`` (main thread only)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.armed = bool(seconds) and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> None:
+        if self.armed:
+            signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, float(self.seconds or 0))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit ({self.seconds}s) exceeded")
+
+
+@contextmanager
+def _running(ctx: Context) -> Iterator[None]:
+    req_token = current_request.set(ctx)
+    task_token = in_task.set(True)
+    try:
+        yield
+    finally:
+        in_task.reset(task_token)
+        current_request.reset(req_token)
+
+
+def _call(task: Task, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    value = task.run(*args, **kwargs)
+    if inspect.isawaitable(value):
+        # An ``async def`` task outside the asyncio pool: run it to completion here.
+        return asyncio.run(_await(value))
+    return value
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _flag(task_value: bool | None, setting: bool) -> bool:
+    return setting if task_value is None else task_value
+
+
+def execute(
+    app: Polyq,
+    message: TaskMessage,
+    *,
+    hostname: str | None = None,
+    eager: bool = False,
+    run: Callable[[Task, list[Any], dict[str, Any]], Any] = _call,
+) -> Outcome:
+    """Run ``message``'s task once and decide the fate of its message."""
+    conf = app.conf
+    task = app.tasks[message.task]
+    task_id = message.id
+    ignore_result = (
+        message.ignore_result
+        if message.ignore_result is not None
+        else _flag(task.ignore_result, conf.task_ignore_result)
+    )
+    store = not eager or conf.task_store_eager_result
+    ctx = Context(
+        id=task_id,
+        task=task.name,
+        args=message.args,
+        kwargs=message.kwargs,
+        retries=message.retries,
+        eta=message.eta,
+        expires=message.expires,
+        root_id=message.root_id,
+        parent_id=message.parent_id,
+        group=message.group_id,
+        group_index=message.group_index,
+        group_size=message.group_size,
+        headers=message.headers,
+        options=message.options,
+        delivery_info={
+            "queue": message.queue,
+            "priority": message.priority,
+            "delivery_count": message.delivery_count,
+            "message_id": message.message_id,
+            "redelivered": message.delivery_count > 1,
+        },
+        hostname=hostname,
+        is_eager=eager,
+        called_directly=False,
+        time_limit=(message.time_limit, message.soft_time_limit),
+        ignore_result=ignore_result,
+    )
+    if store and conf.worker_deduplicate_successful_tasks and not eager:
+        if AsyncResult(task_id, app=app).state == states.SUCCESS:
+            logger.info("task %s[%s] already succeeded: skipped (deduplicated)", task.name, task_id)
+            return Outcome("ack", task_id, states.SUCCESS)
+    if store and _flag(task.track_started, conf.task_track_started):
+        store_state(app, task_id, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
+    soft = message.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
+    args, kwargs = message.args, message.kwargs
+    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+    started = time.perf_counter()
+    outcome: Outcome
+    retval: Any = None
+    einfo: str | None = None
+    with _running(ctx):
+        try:
+            task.before_start(task_id, args, kwargs)
+            with _SoftTimeLimit(soft):
+                try:
+                    retval = run(task, args, kwargs)
+                except Exception as exc:
+                    if task.autoretry_for and isinstance(exc, task.autoretry_for):
+                        _autoretry(task, exc)
+                    raise
+        except Retry as exc:
+            einfo = tb.format_exc()
+            outcome = _on_retry(app, task, message, exc, einfo, store, hostname)
+        except Ignore:
+            outcome = Outcome("ack", task_id, None)
+        except Reject as exc:
+            signals.task_rejected.send(sender=task, message=message, exc=exc)
+            if exc.requeue:
+                outcome = Outcome("requeue", task_id, None, reason=str(exc.reason))
+            else:
+                outcome = Outcome(
+                    "dead_letter", task_id, None, reason=f"rejected by the task: {exc.reason}"
+                )
+        except Exception as exc:
+            einfo = tb.format_exc()
+            outcome = _on_failure(app, task, message, exc, einfo, store, ignore_result, hostname)
+        else:
+            outcome = _on_success(app, task, message, retval, store, ignore_result, hostname)
+        outcome.runtime = time.perf_counter() - started
+        try:
+            task.after_return(outcome.state or "", retval, task_id, args, kwargs, einfo)
+        except Exception:
+            logger.exception("after_return of %s[%s] raised", task.name, task_id)
+    signals.task_postrun.send(
+        sender=task,
+        task_id=task_id,
+        task=task,
+        args=args,
+        kwargs=kwargs,
+        retval=retval,
+        state=outcome.state,
+    )
+    return outcome
+
+
+def _autoretry(task: Task, exc: Exception) -> None:
+    options = dict(task.retry_kwargs)
+    if task.retry_backoff and "countdown" not in options:
+        options["countdown"] = task.backoff(task.request.retries)
+    try:
+        task.retry(exc=exc, **options)
+    except MaxRetriesExceededError:
+        raise exc from None
+
+
+def _on_success(
+    app: Polyq,
+    task: Task,
+    message: TaskMessage,
+    retval: Any,
+    store: bool,
+    ignore_result: bool,
+    hostname: str | None,
+) -> Outcome:
+    if store and not ignore_result:
+        try:
+            store_state(
+                app, message.id, states.SUCCESS, retval, message=message, hostname=hostname,
+                extra=_children(),
+            )
+        except (TypeError, ValueError) as exc:
+            # The value cannot be serialized: the call failed, say why instead of losing it.
+            error = TypeError(
+                f"the return value of {task.name} cannot be stored with result_serializer="
+                f"{app.conf.result_serializer!r}: {exc}"
+            )
+            return _on_failure(
+                app, task, message, error, "".join(tb.format_exception(error)), store, False,
+                hostname,
+            )
+    try:
+        task.on_success(retval, message.id, message.args, message.kwargs)
+    except Exception:
+        logger.exception("on_success of %s[%s] raised", task.name, message.id)
+    signals.task_success.send(sender=task, result=retval)
+    app.canvas_on_success(task, message, retval)
+    return Outcome("ack", message.id, states.SUCCESS, value=retval)
+
+
+def _on_failure(
+    app: Polyq,
+    task: Task,
+    message: TaskMessage,
+    exc: BaseException,
+    einfo: str,
+    store: bool,
+    ignore_result: bool,
+    hostname: str | None,
+) -> Outcome:
+    if store and (not ignore_result or task.store_errors_even_if_ignored):
+        store_state(app, message.id, states.FAILURE, exc=exc, message=message, hostname=hostname)
+    logger.error("Task %s[%s] raised %s: %s", task.name, message.id, type(exc).__name__, exc)
+    try:
+        task.on_failure(exc, message.id, message.args, message.kwargs, einfo)
+    except Exception:
+        logger.exception("on_failure of %s[%s] raised", task.name, message.id)
+    signals.task_failure.send(
+        sender=task, task_id=message.id, exception=exc, args=message.args,
+        kwargs=message.kwargs, traceback=einfo, einfo=einfo,
+    )
+    app.canvas_on_failure(task, message, exc)
+    acks = _flag(task.acks_on_failure_or_timeout, app.conf.task_acks_on_failure_or_timeout)
+    if acks:
+        return Outcome("ack", message.id, states.FAILURE, exc=exc, traceback=einfo)
+    return Outcome(
+        "dead_letter", message.id, states.FAILURE, exc=exc, traceback=einfo,
+        reason=f"task failed ({type(exc).__name__}: {exc}) and acks_on_failure_or_timeout is off",
+    )
+
+
+def _on_retry(
+    app: Polyq,
+    task: Task,
+    message: TaskMessage,
+    exc: Retry,
+    einfo: str,
+    store: bool,
+    hostname: str | None,
+) -> Outcome:
+    cause = exc.exc if exc.exc is not None else exc
+    if store:
+        store_state(app, message.id, states.RETRY, exc=cause, message=message, hostname=hostname)
+    logger.info("Task %s[%s] retry: %s", task.name, message.id, exc)
+    try:
+        task.on_retry(cause, message.id, message.args, message.kwargs, einfo)
+    except Exception:
+        logger.exception("on_retry of %s[%s] raised", task.name, message.id)
+    signals.task_retry.send(sender=task, request=task.request, reason=cause, einfo=einfo)
+    return Outcome("ack", message.id, states.RETRY, exc=exc)
+
+
+def _children() -> dict[str, Any] | None:
+    req = current_request.get()
+    if req is not None and req.children:
+        return {"children": list(req.children)}
+    return None
+
+
+class EagerResult(AsyncResult):
+    """The result of ``apply()``: known at once, without asking the backend."""
+
+    def __init__(self, app: Polyq, task_id: str, state: str, value: Any, tb_text: str | None):
+        super().__init__(task_id, app=app)
+        self._eager: dict[str, Any] = {"status": state, "result": value, "traceback": tb_text}
+        if isinstance(value, BaseException):
+            self._eager.update(exception_fields(value, with_traceback=False))
+            self._eager["result"] = None
+        self._exc = value if isinstance(value, BaseException) else None
+
+    def _record(self) -> dict[str, Any]:
+        return self._eager
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> Any:
+        """The value, or the task's own exception object (eager keeps it as raised)."""
+        if self._exc is not None:
+            if propagate:
+                raise self._exc
+            return self._exc
+        return self._eager["result"]
+
+    @property
+    def info(self) -> Any:
+        """The return value or the exception."""
+        return self._exc if self._exc is not None else self._eager["result"]
+
+    result = info
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+
+def apply_eagerly(
+    task: Task, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+) -> EagerResult:
+    """Run ``task`` here as a worker would, retrying immediately on ``retry()``."""
+    app = task.app
+    message = TaskMessage(
+        task=task.name,
+        id=options.get("task_id") or _new_id(),
+        args=args,
+        kwargs=kwargs,
+        retries=int(options.get("retries", 0)),
+        options={k: options[k] for k in ("link", "link_error") if options.get(k)},
+        headers=dict(options.get("headers") or {}),
+        queue=options.get("queue") or app.conf.task_default_queue,
+        soft_time_limit=options.get("soft_time_limit"),
+    )
+    parent = current_request.get()
+    if parent is not None and parent.id:
+        message.parent_id = parent.id
+        message.root_id = parent.root_id or parent.id
+    throw = options.get("throw", app.conf.task_eager_propagates)
+    while True:
+        outcome = execute(app, message, hostname="eager", eager=True)
+        if outcome.state == states.RETRY:
+            message.retries += 1
+            continue
+        break
+    if outcome.state == states.FAILURE and throw and outcome.exc is not None:
+        raise outcome.exc
+    value = outcome.exc if outcome.state == states.FAILURE else outcome.value
+    state = outcome.state or states.SUCCESS
+    return EagerResult(app, message.id, state, value, outcome.traceback)
+
+
+def _new_id() -> str:
+    from polyq.message import new_id
+
+    return new_id()

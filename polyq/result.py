@@ -1,0 +1,381 @@
+"""Task results: the stored record format, ``AsyncResult`` and ``GroupResult``.
+
+A task's record lives in the result backend under ``polyq-task-meta-<id>``. It is
+serialized with ``result_serializer`` behind a short prefix naming the
+serializer (``json:``), so a reader refuses a type it does not accept before
+decoding. Exceptions are stored as a type name and message and re-raised by
+``get()`` only for an allow-list of types (built-in exceptions, polyq's own and
+``result_exception_allowlist``) — never by importing a path read from the store.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextvars
+import datetime
+import time
+import traceback as tb
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from polyq import exceptions, serialization, states
+
+if TYPE_CHECKING:
+    from polyq.app import Polyq
+
+__all__ = ["AsyncResult", "GroupResult", "ResultSet", "decode_record", "encode_record", "meta_key"]
+
+META_PREFIX = "polyq-task-meta-"
+GROUP_PREFIX = "polyq-group-meta-"
+
+#: Set while a task runs in this context, so ``get()`` inside a task can refuse.
+in_task: contextvars.ContextVar[bool] = contextvars.ContextVar("polyq_in_task", default=False)
+
+
+def meta_key(task_id: str) -> str:
+    """The backend key of a task's record."""
+    return META_PREFIX + task_id
+
+
+def encode_record(record: dict[str, Any], serializer: str) -> bytes:
+    """Serialize a task record with its serializer's name in front."""
+    s = serialization.get_serializer(serializer)
+    return s.name.encode() + b":" + s.dumps(record)
+
+
+def decode_record(data: bytes, accept: frozenset[str]) -> dict[str, Any]:
+    """Undo :func:`encode_record`, refusing serializers not in ``accept``."""
+    name, _, payload = data.partition(b":")
+    s = serialization.get_serializer(name.decode("ascii", "replace"))
+    value = serialization.loads(payload, s.content_type, accept)
+    if not isinstance(value, dict):
+        raise exceptions.DecodeError("a task record is not a mapping")
+    return value
+
+
+def exception_fields(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
+    """What a record keeps of an exception: its type's name, message and traceback."""
+    fields: dict[str, Any] = {
+        "exc_type": type(exc).__name__,
+        "exc_module": type(exc).__module__,
+        "exc_message": str(exc),
+    }
+    if with_traceback:
+        fields["traceback"] = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    return fields
+
+
+def _allowed_exception(record: dict[str, Any], allow: Sequence[Any]) -> BaseException:
+    name = record.get("exc_type") or "Exception"
+    module = record.get("exc_module") or ""
+    message = record.get("exc_message") or ""
+    candidates: list[type[BaseException]] = []
+    for item in allow:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            candidates.append(item)
+    for cls in candidates:
+        if cls.__name__ == name and cls.__module__ == module:
+            return _build(cls, message)
+    if module == "builtins":
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return _build(cls, message)
+    if module == "polyq.exceptions":
+        cls = getattr(exceptions, name, None)
+        if isinstance(cls, type) and issubclass(cls, exceptions.PolyqError):
+            return _build(cls, message)
+    return exceptions.TaskError(f"{module}.{name}" if module else name, message)
+
+
+def _build(cls: type[BaseException], message: str) -> BaseException:
+    try:
+        return cls(message)
+    except Exception:
+        return exceptions.TaskError(cls.__name__, message)
+
+
+class AsyncResult:
+    """A handle on a task's state and return value, by task id."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - Celery's signature
+        app: Polyq | None = None,
+        task_name: str | None = None,
+        parent: AsyncResult | None = None,
+    ) -> None:
+        from polyq.app import default_app
+
+        self.id = id
+        self.app = app or default_app()
+        self.task_name = task_name
+        self.parent = parent
+        self._cache: dict[str, Any] | None = None
+
+    # -- reading ---------------------------------------------------------------
+
+    def _record(self) -> dict[str, Any]:
+        if self._cache is not None:
+            return self._cache
+        data = self.app.backend.get(meta_key(self.id))
+        if data is None:
+            return {"status": states.PENDING, "result": None}
+        record = decode_record(data, self.app.result_accept)
+        if record.get("status") in states.READY_STATES:
+            self._cache = record
+        return record
+
+    @property
+    def state(self) -> str:
+        """One of :mod:`polyq.states`; ``PENDING`` when unknown."""
+        return str(self._record().get("status", states.PENDING))
+
+    status = state
+
+    @property
+    def info(self) -> Any:
+        """The return value, the exception, or the custom meta of ``update_state``."""
+        record = self._record()
+        if record.get("status") in states.EXCEPTION_STATES and "exc_type" in record:
+            return _allowed_exception(record, self.app.conf.result_exception_allowlist)
+        return record.get("result")
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted traceback of a failure, if any."""
+        value = self._record().get("traceback")
+        return str(value) if value is not None else None
+
+    @property
+    def date_done(self) -> datetime.datetime | None:
+        """When the task finished (UTC)."""
+        done = self._record().get("date_done")
+        return datetime.datetime.fromisoformat(done) if done else None
+
+    @property
+    def name(self) -> str | None:
+        """The task name (stored with ``result_extended``)."""
+        return self._record().get("name") or self.task_name
+
+    @property
+    def args(self) -> list[Any] | None:
+        """Positional arguments (stored with ``result_extended``)."""
+        return self._record().get("args")
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """Keyword arguments (stored with ``result_extended``)."""
+        return self._record().get("kwargs")
+
+    @property
+    def retries(self) -> int | None:
+        """How many times the task was retried."""
+        return self._record().get("retries")
+
+    @property
+    def worker(self) -> str | None:
+        """Which worker ran it (stored with ``result_extended``)."""
+        return self._record().get("worker")
+
+    @property
+    def children(self) -> list[AsyncResult]:
+        """Results of tasks this task sent while it ran."""
+        return [AsyncResult(i, app=self.app) for i in self._record().get("children") or []]
+
+    def ready(self) -> bool:
+        """Whether the task finished (succeeded, failed or was revoked)."""
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        """Whether the task succeeded."""
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        """Whether the task failed."""
+        return self.state == states.FAILURE
+
+    # -- waiting ---------------------------------------------------------------
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> Any:
+        """Wait for the task to finish and return its value.
+
+        Raises :class:`polyq.exceptions.TimeoutError` after ``timeout`` seconds,
+        and, with ``propagate``, the task's exception (allow-listed types) or
+        :class:`~polyq.exceptions.TaskError`. Calling it inside a task raises
+        ``RuntimeError`` (waiting would deadlock the pool) unless
+        ``disable_sync_subtasks=False``.
+        """
+        if disable_sync_subtasks and in_task.get():
+            raise RuntimeError(
+                "Never call result.get() within a task: it can deadlock the worker pool. "
+                "Use a chain or a chord, or pass disable_sync_subtasks=False if you are sure."
+            )
+        record = self._wait_ready(timeout, max(interval, 0.05))
+        status = record.get("status")
+        if status == states.SUCCESS:
+            return record.get("result")
+        exc = _allowed_exception(record, self.app.conf.result_exception_allowlist)
+        if status == states.REVOKED and record.get("exc_type") is None:
+            exc = exceptions.RevokedError(f"task {self.id} was revoked")
+        if propagate:
+            raise exc
+        return exc
+
+    wait = get
+
+    def _wait_ready(self, timeout: float | None, max_pause: float) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backend = self.app.backend
+        key = meta_key(self.id)
+        pause = 0.005
+        while True:
+            record = self._record()
+            if record.get("status") in states.READY_STATES:
+                return record
+            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise exceptions.TimeoutError(
+                    f"task {self.id} did not finish within {timeout}s "
+                    f"(state {record.get('status')})"
+                )
+            if record.get("status") == states.PENDING:
+                # Nothing stored yet: the backend's wait returns as soon as a record appears.
+                backend.wait(key, min(remaining, 5.0))
+            else:
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 1.5, max_pause)
+
+    # -- acting ----------------------------------------------------------------
+
+    def forget(self) -> None:
+        """Delete the stored record."""
+        self._cache = None
+        self.app.backend.delete([meta_key(self.id)])
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> None:
+        """Revoke the task: it will not run (durable across worker restarts)."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
+    def then(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - Celery async API
+        """Not supported: polyq results are synchronous."""
+        raise NotImplementedError("AsyncResult.then is not supported; use link= or a chain")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class ResultSet:
+    """Several results waited on together."""
+
+    def __init__(self, results: Sequence[AsyncResult], app: Polyq | None = None) -> None:
+        self.results = list(results)
+        self.app = app or (results[0].app if results else None)
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def ready(self) -> bool:
+        """Whether every task finished."""
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        """Whether every task succeeded."""
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        """Whether any task failed."""
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        """How many tasks succeeded."""
+        return sum(1 for r in self.results if r.successful())
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> list[Any]:
+        """The values of every task, in order (waits for all)."""
+        return self.join(timeout=timeout, propagate=propagate, **kwargs)
+
+    def join(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> list[Any]:
+        """The values of every task, in order; ``timeout`` is for the whole set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(r.get(timeout=left, propagate=propagate, **kwargs))
+        return values
+
+    def forget(self) -> None:
+        """Forget every result."""
+        for r in self.results:
+            r.forget()
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Revoke every task."""
+        for r in self.results:
+            r.revoke(terminate=terminate)
+
+
+class GroupResult(ResultSet):
+    """The results of a group, with an id under which it can be saved and restored."""
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - Celery's signature
+        results: Sequence[AsyncResult],
+        app: Polyq | None = None,
+        parent: AsyncResult | None = None,
+    ) -> None:
+        super().__init__(results, app)
+        self.id = id
+        self.parent = parent
+
+    def save(self) -> None:
+        """Store the member ids so :meth:`restore` can rebuild this result."""
+        assert self.app is not None
+        ids = [r.id for r in self.results]
+        self.app.backend.set(
+            GROUP_PREFIX + self.id,
+            encode_record({"results": ids}, "json"),
+            ttl=self.app.conf.result_expires,
+        )
+
+    @classmethod
+    def restore(cls, group_id: str, app: Polyq | None = None) -> GroupResult | None:
+        """The group saved under ``group_id``, or ``None``."""
+        from polyq.app import default_app
+
+        app = app or default_app()
+        data = app.backend.get(GROUP_PREFIX + group_id)
+        if data is None:
+            return None
+        ids = decode_record(data, frozenset({"application/json"}))["results"]
+        return cls(group_id, [AsyncResult(i, app=app) for i in ids], app=app)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"

@@ -1,0 +1,530 @@
+"""Execution pools: prefork (default), threads, solo and asyncio.
+
+A pool runs :class:`Job` objects and reports each one's :class:`Result` to the
+worker through ``on_done``, from whatever thread it likes. The worker never
+submits more jobs than ``free_slots()``. Each pool declares what it cannot do
+(hard time limits, soft time limits, terminating a running task), and the
+worker refuses a configuration that asks for it instead of ignoring it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import dataclasses
+import inspect
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from polyq import signals
+from polyq.exceptions import DecodeError
+from polyq.message import decode
+from polyq.transport import Delivery
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+    from polyq.app import Polyq
+
+__all__ = ["POOLS", "AsyncioPool", "Job", "Pool", "PreforkPool", "Result", "SoloPool", "ThreadPool"]
+
+logger = logging.getLogger("polyq.worker")
+
+
+@dataclasses.dataclass
+class Job:
+    """One message to run; ``key`` identifies it to the worker."""
+
+    key: int
+    task_name: str
+    task_id: str
+    queue: str
+    message_id: str
+    body: bytes
+    headers: dict[str, str]
+    delivery_count: int
+    priority: int
+    #: Hard limit in seconds (enforced by pools that can kill), or ``None``.
+    time_limit: float | None = None
+    started: float = 0.0
+
+
+@dataclasses.dataclass
+class Result:
+    """What the pool reports for a job (small and picklable)."""
+
+    key: int
+    action: str  # "ack" | "requeue" | "dead_letter" | "worker_lost" | "time_limit" | "terminated"
+    task_id: str
+    state: str | None = None
+    delay: float = 0.0
+    reason: str = ""
+    runtime: float = 0.0
+
+
+def run_job(app: Polyq, job: Job, hostname: str) -> Result:
+    """Decode and execute one job in the current process and thread."""
+    from polyq.execution import execute
+
+    delivery = Delivery(
+        queue=job.queue,
+        message_id=job.message_id,
+        body=job.body,
+        headers=job.headers,
+        delivery_count=job.delivery_count,
+        priority=job.priority,
+    )
+    try:
+        message = decode(delivery, app.accept)
+    except DecodeError as exc:
+        return Result(job.key, "dead_letter", job.task_id, reason=f"cannot decode: {exc}")
+    try:
+        outcome = execute(app, message, hostname=hostname)
+    except Exception as exc:  # a failure of polyq itself (backend down...), not of the task
+        logger.exception("internal error running %s[%s]", job.task_name, job.task_id)
+        signals.task_internal_error.send(sender=job.task_name, task_id=job.task_id, exception=exc)
+        return Result(job.key, "requeue", job.task_id, delay=1.0, reason=f"internal error: {exc}")
+    return Result(
+        job.key, outcome.action, job.task_id, outcome.state, outcome.delay, outcome.reason,
+        outcome.runtime,
+    )
+
+
+OnDone = Callable[[Result], None]
+
+
+class Pool(abc.ABC):
+    """Runs jobs with some concurrency and reports their results."""
+
+    name: ClassVar[str]
+    #: Can kill a task at its hard time limit.
+    hard_time_limit: ClassVar[bool] = False
+    #: Can raise ``SoftTimeLimitExceeded`` inside a task.
+    soft_time_limit: ClassVar[bool] = False
+    #: Can terminate a running task on ``revoke(terminate=True)``.
+    terminate: ClassVar[bool] = False
+    #: Honours ``max_tasks_per_child`` / ``max_memory_per_child``.
+    recycles: ClassVar[bool] = False
+
+    def __init__(self, app: Polyq, concurrency: int, hostname: str, on_done: OnDone) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.hostname = hostname
+        self.on_done = on_done
+        self.running: dict[int, Job] = {}
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the pool's threads or processes."""
+
+    @abc.abstractmethod
+    def submit(self, job: Job) -> None:
+        """Start ``job`` (there is a free slot)."""
+
+    def free_slots(self) -> int:
+        """How many more jobs can start now."""
+        with self.lock:
+            return max(0, self.concurrency - len(self.running))
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Called in the worker's main thread until ``stop``; solo runs jobs here."""
+        stop.wait()
+
+    def terminate_job(self, task_id: str, signum: int = signal.SIGTERM) -> bool:
+        """Kill the process running ``task_id``; ``False`` if not running here."""
+        return False
+
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` slots."""
+        with self.lock:
+            self.concurrency += n
+
+    def shrink(self, n: int = 1) -> None:
+        """Remove ``n`` slots (running jobs finish first)."""
+        with self.lock:
+            self.concurrency = max(1, self.concurrency - n)
+
+    def _finish(self, result: Result) -> None:
+        with self.lock:
+            self.running.pop(result.key, None)
+        self.on_done(result)
+
+    @abc.abstractmethod
+    def stop(self, wait: bool) -> None:
+        """Stop: with ``wait``, after running jobs finish; else at once."""
+
+
+class SoloPool(Pool):
+    """Runs one task at a time in the thread that runs the worker (soft limits work
+    there when it is the main thread)."""
+
+    name = "solo"
+    soft_time_limit = True
+
+    def __init__(self, app: Polyq, concurrency: int, hostname: str, on_done: OnDone) -> None:
+        super().__init__(app, 1, hostname, on_done)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            self.running[job.key] = job
+        self._jobs.put(job)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set() and not self.running:
+                    return
+                continue
+            if job is None:
+                return
+            self._finish(run_job(self.app, job, self.hostname))
+
+    def grow(self, n: int = 1) -> None:
+        raise NotImplementedError("the solo pool runs one task at a time; use threads or prefork")
+
+    shrink = grow
+
+    def stop(self, wait: bool) -> None:
+        self._jobs.put(None)
+
+
+class ThreadPool(Pool):
+    """Runs tasks in threads of the worker process (I/O-bound tasks)."""
+
+    name = "threads"
+
+    def start(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=64, thread_name_prefix="polyq-task"
+        )
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            self.running[job.key] = job
+        self._executor.submit(self._run, job)
+
+    def _run(self, job: Job) -> None:
+        self._finish(run_job(self.app, job, self.hostname))
+
+    def stop(self, wait: bool) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+
+
+class AsyncioPool(Pool):
+    """Runs ``async def`` tasks concurrently on one event loop (sync tasks in its
+    default executor)."""
+
+    name = "asyncio"
+
+    def start(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="polyq-asyncio",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            self.running[job.key] = job
+        asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
+
+    async def _run(self, job: Job) -> None:
+        from polyq.execution import execute
+
+        loop = asyncio.get_running_loop()
+
+        def runner(task: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+            fn = task.run
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                getattr(fn, "__func__", None)
+            ):
+                return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop).result()
+            return fn(*args, **kwargs)
+
+        def blocking() -> Result:
+            delivery = Delivery(job.queue, job.message_id, job.body, job.headers,
+                                job.delivery_count, priority=job.priority)
+            try:
+                message = decode(delivery, self.app.accept)
+            except DecodeError as exc:
+                return Result(job.key, "dead_letter", job.task_id, reason=f"cannot decode: {exc}")
+            outcome = execute(self.app, message, hostname=self.hostname, run=runner)
+            return Result(job.key, outcome.action, job.task_id, outcome.state, outcome.delay,
+                          outcome.reason, outcome.runtime)
+
+        # Hooks, signals and the backend are synchronous: they run in a helper thread
+        # while the task's coroutine itself runs on this loop.
+        result = await loop.run_in_executor(None, blocking)
+        self._finish(result)
+
+    def stop(self, wait: bool) -> None:
+        deadline = time.monotonic() + (3600 if wait else 0)
+        while wait and self.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+# -- prefork ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Child:
+    process: BaseProcess
+    conn: Connection
+    job: Job | None = None
+    #: Why the parent killed it, if it did ("time_limit", "terminated").
+    killed_for: str | None = None
+    retiring: bool = False
+
+
+def _child_main(app: Polyq, conn: Connection, hostname: str, parent: int,
+                max_tasks: int | None, max_memory_kib: int | None) -> None:
+    # The parent handles shutdown signals; a child only stops when told or killed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    signals.worker_process_init.send(sender=None)
+    done = 0
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                return
+            if job is None:
+                return
+            result = run_job(app, job, hostname)
+            done += 1
+            retire = (max_tasks is not None and done >= max_tasks) or (
+                max_memory_kib is not None
+                and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_memory_kib
+            )
+            conn.send((result, retire))
+            if retire:
+                return
+    finally:
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+
+def _watch_parent(parent: int) -> None:
+    # An orphan would go on running a task whose message will be delivered again.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+class PreforkPool(Pool):
+    """Runs each task in one of N child processes (CPU-bound work; hard time
+    limits and terminate, by killing and replacing the child)."""
+
+    name = "prefork"
+    hard_time_limit = True
+    soft_time_limit = True
+    terminate = True
+    recycles = True
+
+    def __init__(
+        self,
+        app: Polyq,
+        concurrency: int,
+        hostname: str,
+        on_done: OnDone,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+    ) -> None:
+        super().__init__(app, concurrency, hostname, on_done)
+        self.max_tasks = max_tasks_per_child
+        self.max_memory = max_memory_per_child
+        self._ctx = multiprocessing.get_context("fork")
+        self._children: list[_Child] = []
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+
+    def start(self) -> None:
+        for _ in range(self.concurrency):
+            self._children.append(self._spawn())
+        self._monitor = threading.Thread(target=self._watch, name="polyq-prefork", daemon=True)
+        self._monitor.start()
+
+    def _spawn(self) -> _Child:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(self.app, child_conn, self.hostname, os.getpid(), self.max_tasks,
+                  self.max_memory),
+            name=f"ForkPoolWorker-{len(self._children) + 1}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _Child(process, parent_conn)
+
+    def submit(self, job: Job) -> None:
+        with self.lock:
+            child = next(c for c in self._children if c.job is None and not c.retiring)
+            job.started = time.monotonic()
+            child.job = job
+            self.running[job.key] = job
+        try:
+            child.conn.send(job)
+        except OSError:
+            pass  # the child died; the monitor reports the job as worker_lost
+        os.write(self._wake_w, b"x")
+
+    def free_slots(self) -> int:
+        with self.lock:
+            idle = sum(1 for c in self._children if c.job is None and not c.retiring
+                       and c.process.is_alive())
+            return max(0, min(idle, self.concurrency - len(self.running)))
+
+    def _watch(self) -> None:
+        while True:
+            with self.lock:
+                children = list(self._children)
+            waitables: list[Any] = [self._wake_r]
+            for c in children:
+                waitables.append(c.process.sentinel)
+                if c.job is not None:
+                    waitables.append(c.conn)
+            ready = multiprocessing.connection.wait(waitables, timeout=self._next_deadline())
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            for c in children:
+                if c.conn in ready:
+                    self._read(c)
+            for c in children:
+                if not c.process.is_alive():
+                    self._reap(c)
+            self._enforce_time_limits()
+            if self._stopping and not any(c.process.is_alive() for c in self._children):
+                return
+
+    def _next_deadline(self) -> float:
+        now = time.monotonic()
+        soonest = 1.0
+        with self.lock:
+            for c in self._children:
+                if c.job is not None and c.job.time_limit:
+                    soonest = min(soonest, max(0.0, c.job.started + c.job.time_limit - now))
+        return soonest
+
+    def _read(self, c: _Child) -> None:
+        try:
+            result, retire = c.conn.recv()
+        except (EOFError, OSError):
+            return  # died; _reap reports it
+        with self.lock:
+            c.job = None
+            c.retiring = c.retiring or retire
+        self._finish(result)
+
+    def _reap(self, c: _Child) -> None:
+        with self.lock:
+            if c not in self._children:
+                return
+            self._children.remove(c)
+            job, c.job = c.job, None
+        c.process.join(timeout=0)
+        c.conn.close()
+        if job is not None:
+            action = c.killed_for or "worker_lost"
+            code = c.process.exitcode
+            reason = {
+                "time_limit": f"hard time limit ({job.time_limit}s) exceeded",
+                "terminated": "terminated by revoke",
+            }.get(action, f"the process running the task died (exit code {code})")
+            self._finish(Result(job.key, action, job.task_id, reason=reason,
+                                runtime=time.monotonic() - job.started))
+        if not self._stopping:
+            with self.lock:
+                if len(self._children) < self.concurrency:
+                    self._children.append(self._spawn())
+
+    def _enforce_time_limits(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [c for c in self._children if c.job is not None and c.job.time_limit
+                    and now - c.job.started > c.job.time_limit and c.killed_for is None]
+        for c in late:
+            assert c.job is not None
+            logger.error("Hard time limit (%ss) exceeded for %s[%s]: killing pid %s",
+                         c.job.time_limit, c.job.task_name, c.job.task_id, c.process.pid)
+            c.killed_for = "time_limit"
+            _kill(c.process, signal.SIGKILL)
+
+    def terminate_job(self, task_id: str, signum: int = signal.SIGTERM) -> bool:
+        with self.lock:
+            found = [c for c in self._children if c.job is not None and c.job.task_id == task_id]
+        for c in found:
+            c.killed_for = "terminated"
+            # Children ignore SIGTERM (the parent owns shutdown); terminate means kill.
+            _kill(c.process, signal.SIGKILL if signum == signal.SIGTERM else signum)
+        return bool(found)
+
+    def grow(self, n: int = 1) -> None:
+        with self.lock:
+            self.concurrency += n
+            for _ in range(n):
+                self._children.append(self._spawn())
+        os.write(self._wake_w, b"x")
+
+    def shrink(self, n: int = 1) -> None:
+        with self.lock:
+            n = min(n, self.concurrency - 1)
+            self.concurrency -= n
+            idle = [c for c in self._children if c.job is None and not c.retiring][:n]
+            for c in idle:
+                c.retiring = True
+                c.conn.send(None)
+
+    def stop(self, wait: bool) -> None:
+        self._stopping = True
+        if wait:
+            while True:
+                with self.lock:
+                    busy = any(c.job is not None and c.process.is_alive() for c in self._children)
+                if not busy:
+                    break
+                time.sleep(0.02)
+            with self.lock:
+                for c in self._children:
+                    try:
+                        c.conn.send(None)
+                    except OSError:
+                        pass
+            deadline = time.monotonic() + 5
+            for c in list(self._children):
+                c.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for c in list(self._children):
+            if c.process.is_alive():
+                _kill(c.process, signal.SIGKILL)
+                c.process.join(timeout=5)
+        os.write(self._wake_w, b"x")
+
+
+def _kill(process: BaseProcess, signum: int) -> None:
+    if process.pid is not None:
+        try:
+            os.kill(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+POOLS: dict[str, type[Pool]] = {
+    p.name: p for p in (PreforkPool, ThreadPool, SoloPool, AsyncioPool)
+}
