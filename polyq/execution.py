@@ -187,10 +187,10 @@ def execute(
         time_limit=(message.time_limit, message.soft_time_limit),
         ignore_result=ignore_result,
     )
-    if store and conf.worker_deduplicate_successful_tasks and not eager:
-        if AsyncResult(task_id, app=app).state == states.SUCCESS:
-            logger.info("task %s[%s] already succeeded: skipped (deduplicated)", task.name, task_id)
-            return Outcome("ack", task_id, states.SUCCESS)
+    dedupe = store and conf.worker_deduplicate_successful_tasks and not eager
+    if dedupe and AsyncResult(task_id, app=app).state == states.SUCCESS:
+        logger.info("task %s[%s] already succeeded: skipped (deduplicated)", task.name, task_id)
+        return Outcome("ack", task_id, states.SUCCESS)
     if store and _flag(task.track_started, conf.task_track_started):
         store_state(app, task_id, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
     soft = message.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
@@ -267,7 +267,12 @@ def _on_success(
     if store and not ignore_result:
         try:
             store_state(
-                app, message.id, states.SUCCESS, retval, message=message, hostname=hostname,
+                app,
+                message.id,
+                states.SUCCESS,
+                retval,
+                message=message,
+                hostname=hostname,
                 extra=_children(),
             )
         except (TypeError, ValueError) as exc:
@@ -277,7 +282,13 @@ def _on_success(
                 f"{app.conf.result_serializer!r}: {exc}"
             )
             return _on_failure(
-                app, task, message, error, "".join(tb.format_exception(error)), store, False,
+                app,
+                task,
+                message,
+                error,
+                "".join(tb.format_exception(error)),
+                store,
+                False,
                 hostname,
             )
     try:
@@ -307,15 +318,24 @@ def _on_failure(
     except Exception:
         logger.exception("on_failure of %s[%s] raised", task.name, message.id)
     signals.task_failure.send(
-        sender=task, task_id=message.id, exception=exc, args=message.args,
-        kwargs=message.kwargs, traceback=einfo, einfo=einfo,
+        sender=task,
+        task_id=message.id,
+        exception=exc,
+        args=message.args,
+        kwargs=message.kwargs,
+        traceback=einfo,
+        einfo=einfo,
     )
     app.canvas_on_failure(task, message, exc)
     acks = _flag(task.acks_on_failure_or_timeout, app.conf.task_acks_on_failure_or_timeout)
     if acks:
         return Outcome("ack", message.id, states.FAILURE, exc=exc, traceback=einfo)
     return Outcome(
-        "dead_letter", message.id, states.FAILURE, exc=exc, traceback=einfo,
+        "dead_letter",
+        message.id,
+        states.FAILURE,
+        exc=exc,
+        traceback=einfo,
         reason=f"task failed ({type(exc).__name__}: {exc}) and acks_on_failure_or_timeout is off",
     )
 

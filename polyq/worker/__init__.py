@@ -2,7 +2,7 @@
 
 Threads of the worker's main process:
 
-- **consumer**: leases up to the free prefetch slots (``concurrency ×
+- **consumer**: leases up to the free prefetch slots (``concurrency *
   prefetch_multiplier``) from the broker, checks each message on its headers
   alone (decodable, accepted content type, known task, delivery count, ETA,
   expiry, revoked) and queues it for the pool;
@@ -41,6 +41,7 @@ from polyq.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from polyq.events import EventDispatcher
 from polyq.execution import store_state
 from polyq.message import peek
 from polyq.transport import Delivery
@@ -84,6 +85,7 @@ class Worker:
         soft_time_limit: float | None = None,
         install_signal_handlers: bool = True,
         receive_wait: float = 1.0,
+        send_events: bool = False,
     ) -> None:
         self.app = app
         conf = app.conf
@@ -102,8 +104,10 @@ class Worker:
             self.concurrency = 1
         self.queues = list(queues or [conf.task_default_queue])
         self.hostname = expand_hostname(hostname)
-        multiplier = prefetch_multiplier if prefetch_multiplier is not None else (
-            conf.worker_prefetch_multiplier
+        multiplier = (
+            prefetch_multiplier
+            if prefetch_multiplier is not None
+            else (conf.worker_prefetch_multiplier)
         )
         self.prefetch_limit = max(self.concurrency, self.concurrency * int(multiplier))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
@@ -118,9 +122,7 @@ class Worker:
         self._delayed: list[tuple[float, int, Job]] = []  # rate-limited, by start time
         self._keys = itertools.count(1)
         self._cond = threading.Condition()
-        self._acks: queue.SimpleQueue[tuple[Result | None, Delivery | None]] = (
-            queue.SimpleQueue()
-        )
+        self._acks: queue.SimpleQueue[tuple[Result | None, Delivery | None]] = queue.SimpleQueue()
         self._stop_consuming = threading.Event()
         self._stopped = threading.Event()
         self._cold = False
@@ -128,6 +130,9 @@ class Worker:
         self._buckets: dict[str, TokenBucket] = {}
         self._threads: list[threading.Thread] = []
         self.processed = 0
+        self.started_at = time.time()
+        self.send_events = bool(send_events or conf.worker_send_task_events)
+        self.events = EventDispatcher(app, self.hostname, self.send_events)
         self.pool: Pool = self._make_pool()
 
     # -- configuration checks --------------------------------------------------
@@ -158,8 +163,12 @@ class Worker:
         cls = POOLS[self.pool_name]
         if cls is PreforkPool:
             return PreforkPool(
-                self.app, self.concurrency, self.hostname, self._on_done,
-                self.max_tasks_per_child, self.max_memory_per_child,
+                self.app,
+                self.concurrency,
+                self.hostname,
+                self._on_done,
+                self.max_tasks_per_child,
+                self.max_memory_per_child,
             )
         return cls(self.app, self.concurrency, self.hostname, self._on_done)
 
@@ -179,8 +188,12 @@ class Worker:
         self._spawn(self._listen_control, "polyq-control")
         logger.info(
             "polyq worker %s ready: pool=%s concurrency=%d queues=%s broker=%s backend=%s",
-            self.hostname, self.pool_name, self.concurrency, ",".join(self.queues),
-            self.transport.describe(), self.app.backend.describe(),
+            self.hostname,
+            self.pool_name,
+            self.concurrency,
+            ",".join(self.queues),
+            self.transport.describe(),
+            self.app.backend.describe(),
         )
         signals.worker_ready.send(sender=self)
         try:
@@ -201,8 +214,9 @@ class Worker:
             warm = False  # a second request is cold, as with a second signal
         self._cold = not warm
         self._stop_consuming.set()
-        threading.Thread(target=self._shutdown, args=(warm,), name="polyq-shutdown",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._shutdown, args=(warm,), name="polyq-shutdown", daemon=True
+        ).start()
 
     def _shutdown(self, warm: bool) -> None:
         if not warm and getattr(self, "_shutting_down", False):
@@ -240,8 +254,11 @@ class Worker:
             try:
                 self.transport.nack(delivery)
             except Exception:
-                logger.warning("could not give message %s back; its lease will expire",
-                               delivery.message_id, exc_info=True)
+                logger.warning(
+                    "could not give message %s back; its lease will expire",
+                    delivery.message_id,
+                    exc_info=True,
+                )
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -276,8 +293,12 @@ class Worker:
             except Exception as exc:
                 errors += 1
                 pause = min(10.0, 0.2 * 2**errors)
-                logger.error("receive from %s failed (%s); retrying in %.1fs",
-                             self.transport.describe(), exc, pause)
+                logger.error(
+                    "receive from %s failed (%s); retrying in %.1fs",
+                    self.transport.describe(),
+                    exc,
+                    pause,
+                )
                 self._stop_consuming.wait(pause)
                 continue
             for delivery in deliveries:
@@ -335,6 +356,9 @@ class Worker:
             self._revoke(delivery, name, task_id, expired=False)
             return
         signals.task_received.send(sender=self, request=delivery)
+        if self.events.enabled:
+            self.events.send("task-received", uuid=task_id, name=name, queue=delivery.queue,
+                             retries=int(delivery.headers.get("retries", 0)))
         acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
         key = next(self._keys)
         time_limit = delivery.headers.get("time_limit")
@@ -348,9 +372,9 @@ class Worker:
             headers=delivery.headers,
             delivery_count=delivery.delivery_count,
             priority=delivery.priority,
-            time_limit=float(time_limit) if time_limit else (
-                task.time_limit or conf.task_time_limit
-            ),
+            time_limit=float(time_limit)
+            if time_limit
+            else (task.time_limit or conf.task_time_limit),
         )
         if not acks_late:
             # At-most-once: the message is gone before the task runs.
@@ -384,6 +408,8 @@ class Worker:
                 free -= 1
         for job in jobs:
             self.pool.submit(job)
+            if self.events.enabled:
+                self.events.send("task-started", uuid=job.task_id, name=job.task_name)
 
     def _redelay(self, delivery: Delivery, eta: float, now: float) -> None:
         # The ETA is beyond what the broker could hold: send it back for the rest
@@ -404,8 +430,9 @@ class Worker:
 
     def _revoke(self, delivery: Delivery, name: str, task_id: str, expired: bool) -> None:
         self._store(task_id, states.REVOKED, None)
-        signals.task_revoked.send(sender=self, request=delivery, terminated=False,
-                                  signum=None, expired=expired)
+        signals.task_revoked.send(
+            sender=self, request=delivery, terminated=False, signum=None, expired=expired
+        )
         self.transport.ack([delivery])
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -447,6 +474,8 @@ class Worker:
                 with self._cond:
                     delivery = self._held.pop(result.key, None)
                 self.processed += 1
+                if self.events.enabled:
+                    self._task_event(result)
                 if delivery is None:
                     continue  # acked before running (acks_late=False)
                 action = self._settle(result, delivery.headers.get("task", ""))
@@ -462,6 +491,16 @@ class Worker:
                 self._cond.notify_all()
             if finished:
                 return
+
+    def _task_event(self, result: Result) -> None:
+        kind = {
+            states.SUCCESS: "task-succeeded",
+            states.FAILURE: "task-failed",
+            states.RETRY: "task-retried",
+            states.REVOKED: "task-revoked",
+        }.get(result.state or "", "task-failed" if result.action != "ack" else "task-succeeded")
+        self.events.send(kind, uuid=result.task_id, runtime=result.runtime,
+                         action=result.action, reason=result.reason or None)
 
     def _settle(self, result: Result, name: str) -> str:
         """Turn the pool's report into ack/requeue/dead_letter (storing states for kills)."""
@@ -493,8 +532,10 @@ class Worker:
             except BrokerError as exc:
                 logger.warning("%s failed (%s); retrying", getattr(fn, "__name__", fn), exc)
                 time.sleep(0.2 * 2**attempt)
-        logger.error("giving up on %s; the lease will expire and the message come back",
-                     getattr(fn, "__name__", fn))
+        logger.error(
+            "giving up on %s; the lease will expire and the message come back",
+            getattr(fn, "__name__", fn),
+        )
 
     # -- leases ----------------------------------------------------------------
 
@@ -544,6 +585,11 @@ class Worker:
                     logger.exception("bad control message %r", body[:200])
 
     def _handle_control(self, command: str, arguments: dict[str, Any]) -> None:
+        if command != "revoke":
+            from polyq.worker import remote
+
+            remote.handle(self, command, arguments)
+            return
         if command == "revoke":
             ids = list(arguments.get("ids") or [])
             self._revoked.update(ids)

@@ -96,7 +96,12 @@ def run_job(app: Polyq, job: Job, hostname: str) -> Result:
         signals.task_internal_error.send(sender=job.task_name, task_id=job.task_id, exception=exc)
         return Result(job.key, "requeue", job.task_id, delay=1.0, reason=f"internal error: {exc}")
     return Result(
-        job.key, outcome.action, job.task_id, outcome.state, outcome.delay, outcome.reason,
+        job.key,
+        outcome.action,
+        job.task_id,
+        outcome.state,
+        outcome.delay,
+        outcome.reason,
         outcome.runtime,
     )
 
@@ -232,8 +237,9 @@ class AsyncioPool(Pool):
 
     def start(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="polyq-asyncio",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="polyq-asyncio", daemon=True
+        )
         self._thread.start()
 
     def submit(self, job: Job) -> None:
@@ -255,15 +261,28 @@ class AsyncioPool(Pool):
             return fn(*args, **kwargs)
 
         def blocking() -> Result:
-            delivery = Delivery(job.queue, job.message_id, job.body, job.headers,
-                                job.delivery_count, priority=job.priority)
+            delivery = Delivery(
+                job.queue,
+                job.message_id,
+                job.body,
+                job.headers,
+                job.delivery_count,
+                priority=job.priority,
+            )
             try:
                 message = decode(delivery, self.app.accept)
             except DecodeError as exc:
                 return Result(job.key, "dead_letter", job.task_id, reason=f"cannot decode: {exc}")
             outcome = execute(self.app, message, hostname=self.hostname, run=runner)
-            return Result(job.key, outcome.action, job.task_id, outcome.state, outcome.delay,
-                          outcome.reason, outcome.runtime)
+            return Result(
+                job.key,
+                outcome.action,
+                job.task_id,
+                outcome.state,
+                outcome.delay,
+                outcome.reason,
+                outcome.runtime,
+            )
 
         # Hooks, signals and the backend are synchronous: they run in a helper thread
         # while the task's coroutine itself runs on this loop.
@@ -290,8 +309,14 @@ class _Child:
     retiring: bool = False
 
 
-def _child_main(app: Polyq, conn: Connection, hostname: str, parent: int,
-                max_tasks: int | None, max_memory_kib: int | None) -> None:
+def _child_main(
+    app: Polyq,
+    conn: Connection,
+    hostname: str,
+    parent: int,
+    max_tasks: int | None,
+    max_memory_kib: int | None,
+) -> None:
     # The parent handles shutdown signals; a child only stops when told or killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -365,8 +390,14 @@ class PreforkPool(Pool):
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_child_main,
-            args=(self.app, child_conn, self.hostname, os.getpid(), self.max_tasks,
-                  self.max_memory),
+            args=(
+                self.app,
+                child_conn,
+                self.hostname,
+                os.getpid(),
+                self.max_tasks,
+                self.max_memory,
+            ),
             name=f"ForkPoolWorker-{len(self._children) + 1}",
             daemon=True,
         )
@@ -388,8 +419,11 @@ class PreforkPool(Pool):
 
     def free_slots(self) -> int:
         with self.lock:
-            idle = sum(1 for c in self._children if c.job is None and not c.retiring
-                       and c.process.is_alive())
+            idle = sum(
+                1
+                for c in self._children
+                if c.job is None and not c.retiring and c.process.is_alive()
+            )
             return max(0, min(idle, self.concurrency - len(self.running)))
 
     def _watch(self) -> None:
@@ -448,8 +482,15 @@ class PreforkPool(Pool):
                 "time_limit": f"hard time limit ({job.time_limit}s) exceeded",
                 "terminated": "terminated by revoke",
             }.get(action, f"the process running the task died (exit code {code})")
-            self._finish(Result(job.key, action, job.task_id, reason=reason,
-                                runtime=time.monotonic() - job.started))
+            self._finish(
+                Result(
+                    job.key,
+                    action,
+                    job.task_id,
+                    reason=reason,
+                    runtime=time.monotonic() - job.started,
+                )
+            )
         if not self._stopping:
             with self.lock:
                 if len(self._children) < self.concurrency:
@@ -458,12 +499,23 @@ class PreforkPool(Pool):
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
         with self.lock:
-            late = [c for c in self._children if c.job is not None and c.job.time_limit
-                    and now - c.job.started > c.job.time_limit and c.killed_for is None]
+            late = [
+                c
+                for c in self._children
+                if c.job is not None
+                and c.job.time_limit
+                and now - c.job.started > c.job.time_limit
+                and c.killed_for is None
+            ]
         for c in late:
             assert c.job is not None
-            logger.error("Hard time limit (%ss) exceeded for %s[%s]: killing pid %s",
-                         c.job.time_limit, c.job.task_name, c.job.task_id, c.process.pid)
+            logger.error(
+                "Hard time limit (%ss) exceeded for %s[%s]: killing pid %s",
+                c.job.time_limit,
+                c.job.task_name,
+                c.job.task_id,
+                c.process.pid,
+            )
             c.killed_for = "time_limit"
             _kill(c.process, signal.SIGKILL)
 
@@ -525,6 +577,4 @@ def _kill(process: BaseProcess, signum: int) -> None:
             pass
 
 
-POOLS: dict[str, type[Pool]] = {
-    p.name: p for p in (PreforkPool, ThreadPool, SoloPool, AsyncioPool)
-}
+POOLS: dict[str, type[Pool]] = {p.name: p for p in (PreforkPool, ThreadPool, SoloPool, AsyncioPool)}
