@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import redis
-from redis.client import PubSub
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.url import query_options, redact
@@ -71,8 +70,10 @@ class _Waiter:
 class _Notifier:
     """One pub/sub connection and the thread that reads it for every ``wait``."""
 
-    def __init__(self, pubsub: PubSub, home: str, url: str) -> None:
-        self._pubsub = pubsub
+    def __init__(self, client: redis.Redis, home: str, url: str) -> None:
+        self._client = client
+        self._home = home
+        pubsub = self._pubsub = client.pubsub()
         self._url = url
         # Guards the waiter tables and every SUBSCRIBE/UNSUBSCRIBE sent, so the
         # commands reach Redis in the order the tables change.
@@ -141,6 +142,8 @@ class _Notifier:
 
     def close(self) -> None:
         self._closed.set()
+        with contextlib.suppress(redis.RedisError):
+            self._client.publish(self._home, b"")  # wakes the reader now
         self._thread.join(timeout=2.0)
         with contextlib.suppress(redis.RedisError, OSError):
             self._pubsub.close()
@@ -236,7 +239,7 @@ class RedisResultBackend(ResultBackend):
         with self._notifier_lock:
             if self._notifier is None:
                 home = f"{self._channels}~listener:{id(self)}"
-                self._notifier = _Notifier(self._client.pubsub(), home, redact(self.url))
+                self._notifier = _Notifier(self._client, home, redact(self.url))
             return self._notifier
 
     def wait(self, key: str, timeout: float) -> bytes | None:

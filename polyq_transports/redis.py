@@ -83,7 +83,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -248,6 +248,8 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
         sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
         sentinel_kwargs.setdefault("socket_timeout", kwargs["socket_timeout"])
         sentinel_kwargs.setdefault("socket_connect_timeout", kwargs["socket_connect_timeout"])
+        # A dead sentinel must not be retried with backoff: the next one is asked.
+        sentinel_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
         return sentinel.master_for(str(master), redis_class=redis.Redis), db
     host, port = hosts[0]
