@@ -1,0 +1,99 @@
+"""Deliberately broken plugins: each breaks one promise, and the conformance suite
+must notice. They wrap the memory plugins, the reference implementations."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from polyq.transport import Delivery, OutgoingMessage, ScheduledMessage
+from polyq_backends.memory import MemoryResultBackend
+from polyq_transports.memory import MemoryTransport
+
+
+class IgnoresPriority(MemoryTransport):
+    """Declares priority but stores every message at priority 0."""
+
+    def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
+        super().publish([dataclasses.replace(m, priority=0) for m in messages], **kwargs)
+
+
+class RedeliversEarly(MemoryTransport):
+    """Ends leases after a third of the visibility timeout."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.visibility_timeout /= 3
+
+
+class LosesNacked(MemoryTransport):
+    """Treats a nack as an ack: the message is gone."""
+
+    def nack(self, delivery: Delivery, delay: float = 0.0) -> None:
+        self.ack([delivery])
+
+
+class HoldsEtaInProducer(MemoryTransport):
+    """Keeps delayed messages in the producer's memory (a timer per message) and
+    hands them to the broker when due, as Celery's workers do with ETA tasks: another
+    instance cannot see them, and they die with the producer."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._timers: dict[threading.Timer, OutgoingMessage] = {}
+        self._eta: dict[str, float] = {}
+
+    def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
+        now = [m for m in messages if m.delay <= 0]
+        if now:
+            super().publish(now, **kwargs)
+        for m in messages:
+            if m.delay > 0:
+                ready = dataclasses.replace(m, delay=0.0)
+                timer = threading.Timer(m.delay, self._release, [ready])
+                self._timers[timer] = m
+                self._eta[m.message_id] = time.time() + m.delay
+                timer.start()
+
+    def _release(self, message: OutgoingMessage) -> None:
+        super().publish([message])
+
+    def scheduled(self, queue: str, limit: int = 100) -> list[ScheduledMessage]:
+        held = [m for t, m in self._timers.items() if t.is_alive() and m.queue == queue]
+        listed = [
+            ScheduledMessage(m.queue, m.message_id, dict(m.headers), self._eta[m.message_id])
+            for m in held
+        ]
+        return sorted(listed, key=lambda s: s.eta)[:limit]
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        super().close()
+
+
+class DropsHeaders(MemoryTransport):
+    """Sends the body and id, but not the headers."""
+
+    def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
+        super().publish([dataclasses.replace(m, headers={}) for m in messages], **kwargs)
+
+
+class CountsRepeats(MemoryResultBackend):
+    """Counts every add_to_set call, not distinct members (a chord would fire early)."""
+
+    def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
+        return super().add_to_set(key, f"{member}#{time.monotonic_ns()}", ttl)
+
+
+class ServesExpired(MemoryResultBackend):
+    """Ignores ttl: values never expire."""
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        super().set(key, value)
+
+    def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None = None) -> None:
+        super().set_many(items)
