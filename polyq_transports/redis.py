@@ -293,8 +293,19 @@ _VERSION = b"\x01"
 
 
 def _pack(message: OutgoingMessage) -> bytes:
+    """The stored form of a message: version, meta length, meta JSON, raw body.
+
+    Raises :class:`MessageTooLarge` before building anything too big to store.
+    """
     meta = json.dumps([message.message_id, dict(message.headers)], separators=(",", ":"))
     encoded = meta.encode()
+    size = 5 + len(encoded) + len(message.body)
+    if size > MAX_MESSAGE_SIZE:
+        raise MessageTooLarge(
+            f"message {message.message_id} for queue {message.queue!r} is {size} bytes; "
+            f"Redis takes at most {MAX_MESSAGE_SIZE}. Nothing was sent: store large data "
+            "elsewhere and pass a reference."
+        )
     return _VERSION + _LEN.pack(len(encoded)) + encoded + message.body
 
 
@@ -652,12 +663,6 @@ class RedisTransport(Transport):
         by_queue: dict[str, list[Any]] = {}
         for message in messages:
             payload = _pack(message)
-            if len(payload) > MAX_MESSAGE_SIZE:
-                raise MessageTooLarge(
-                    f"message {message.message_id} for queue {message.queue!r} is "
-                    f"{len(payload)} bytes; Redis takes at most {MAX_MESSAGE_SIZE}. Nothing "
-                    "was sent: store large data elsewhere and pass a reference."
-                )
             priority = min(9, max(0, int(message.priority)))
             delay_ms = max(0, round(message.delay * 1000))
             by_queue.setdefault(message.queue, []).extend((priority, delay_ms, payload))
