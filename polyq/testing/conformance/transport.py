@@ -125,7 +125,8 @@ class TransportSuite:
                 query["endpoint_url"] = urlunsplit(
                     endpoint._replace(netloc=f"127.0.0.1:{_free_port()}")
                 )
-                return urlunsplit(parts._replace(query=urlencode(query)))
+                # Not urlunsplit: it drops the "//" of a URL without a host (sqs://?...).
+                return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}"
             # Only a network address is rewritten: ``memory://name`` names no host.
             # (``.port`` raises ValueError on multi-host netlocs, which are skipped too.)
             local = parts.hostname in ("localhost", "127.0.0.1", "::1")
