@@ -78,6 +78,7 @@ import logging
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import unquote
@@ -548,7 +549,7 @@ class _QueueKeys:
 class RedisSubscription(Subscription):
     """A pub/sub listener on one broadcast channel, on its own connection."""
 
-    def __init__(self, pubsub: PubSub, channel: str, url: str) -> None:
+    def __init__(self, pubsub: PubSub, channel: str, url: str, confirm_timeout: float) -> None:
         self._pubsub = pubsub
         self._channel = channel
         self._url = url
@@ -557,7 +558,7 @@ class RedisSubscription(Subscription):
         with translate_errors(url, f"subscribe to {channel!r}"):
             pubsub.subscribe(channel)
             # Return only once Redis confirmed: from then on nothing broadcast is missed.
-            deadline = time.monotonic() + float(pubsub.connection.socket_timeout or 10.0)  # type: ignore[union-attr]
+            deadline = time.monotonic() + confirm_timeout
             while True:
                 reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
                 if reply and reply["type"] == "subscribe":
@@ -566,12 +567,23 @@ class RedisSubscription(Subscription):
                     raise BrokerError(f"Redis at {redact(url)} did not confirm SUBSCRIBE")
 
     def get(self, timeout: float) -> bytes | None:
-        """The next broadcast body, waiting up to ``timeout`` seconds, else ``None``."""
+        """The next broadcast body, waiting up to ``timeout`` seconds, else ``None``
+        (at once when closed, also by another thread while this one waits)."""
         deadline = time.monotonic() + timeout
-        with self._lock, translate_errors(self._url, f"read broadcasts on {self._channel!r}"):
+        with self._lock:
             while not self._closed:
                 remaining = max(0.0, deadline - time.monotonic())
-                reply = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+                try:
+                    reply = self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=remaining
+                    )
+                except Exception as exc:
+                    if self._closed:  # closed under us: the read broke, nothing is lost
+                        return None
+                    if not isinstance(exc, redis.RedisError | OSError):
+                        raise
+                    with translate_errors(self._url, f"read broadcasts on {self._channel!r}"):
+                        raise
                 if reply is not None and reply["type"] == "message":
                     data: bytes = reply["data"]
                     return data
@@ -580,11 +592,12 @@ class RedisSubscription(Subscription):
         return None
 
     def close(self) -> None:
-        """Unsubscribe and release the connection; idempotent."""
+        """Unsubscribe and release the connection; idempotent, and safe from any
+        thread (a ``get`` waiting in another thread returns ``None``)."""
         if self._closed:
             return
         self._closed = True
-        with self._lock, contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(redis.RedisError, OSError):
             self._pubsub.close()
 
 
@@ -633,6 +646,7 @@ class RedisTransport(Transport):
         self._rotation = itertools.count()
         self._checked_server = False
         self._keys: dict[str, _QueueKeys] = {}
+        self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         register = self._client.register_script
         self._publish = register(_PUBLISH)
         self._receive = register(_RECEIVE)
@@ -912,7 +926,11 @@ class RedisTransport(Transport):
 
     def subscribe(self, channel: str) -> RedisSubscription:
         """Listen on ``channel``; returns once Redis confirmed the subscription."""
-        return RedisSubscription(self._client.pubsub(), self._channel(channel), self.url)
+        subscription = RedisSubscription(
+            self._client.pubsub(), self._channel(channel), self.url, self._max_block * 2
+        )
+        self._subscriptions.add(subscription)
+        return subscription
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -947,7 +965,9 @@ class RedisTransport(Transport):
             )
 
     def close(self) -> None:
-        """Close the connection pool; idempotent."""
+        """Close open subscriptions and the connection pool; idempotent."""
+        for subscription in list(self._subscriptions):
+            subscription.close()
         with contextlib.suppress(redis.RedisError):
             self._client.close()
             self._client.connection_pool.disconnect()

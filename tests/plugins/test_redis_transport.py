@@ -538,3 +538,16 @@ def test_rediss_verifies_the_server_certificate(private_redis, tls_files) -> Non
                            retries=0)  # fmt: skip
     with pytest.raises(BrokerError):
         wrong.size("tls")
+
+
+def test_closing_the_transport_ends_a_waiting_subscription(make) -> None:
+    t = make()
+    sub = t.subscribe("ctl")
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(sub.get(5.0)))
+    reader.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    t.close()  # as a worker's shutdown does while its control thread listens
+    reader.join(2)
+    assert got == [None] and time.monotonic() - start < 1
