@@ -228,6 +228,12 @@ class SQLResultBackend(ResultBackend):
         self._insert_ignore_result = _insert_ignore(self.dialect, r)
         self._insert_ignore_member = _insert_ignore(self.dialect, self.tables.members)
         self._insert_ignore_set = _insert_ignore(self.dialect, self.tables.sets)
+        if self.dialect in ("mysql", "mariadb"):
+            # INSERT IGNORE would take a shared lock on an existing row, and two adders
+            # upgrading it to the exclusive lock of FOR UPDATE deadlock; ON DUPLICATE
+            # KEY UPDATE takes the exclusive lock at once.
+            sets = mysql.insert(self.tables.sets)
+            self._insert_ignore_set = sets.on_duplicate_key_update(size=sets.table.c.size)
 
     # -- plumbing ----------------------------------------------------------------
 
