@@ -178,6 +178,7 @@ H_DELIVERIES = "x-polyq-deliveries"
 H_REASON = "x-polyq-reason"
 H_FAILED_AT = "x-polyq-failed-at"
 H_ETA = "x-polyq-eta"
+H_QUEUE = "polyq-delay-queue"
 _BIT_PREFIX = "polyq-delay-"
 # Headers the broker or polyq add; they never reach the application.
 _BROKER_HEADERS = frozenset(
@@ -206,8 +207,8 @@ def _level_exchange(level: int) -> str:
     return f"polyq.delay.{level:02d}"
 
 
-def _level_queue(level: int) -> str:
-    return f"polyq.delay.{level:02d}.q"
+def _level_queue(queue: str, level: int) -> str:
+    return f"{queue}.delay.{level:02d}"
 
 
 def _bit_header(level: int) -> str:
@@ -439,7 +440,8 @@ class RabbitMQTransport(Transport):
         self._inflight: set[asyncio.Future[Any]] = set()
         self._declared: set[str] = set()
         self._exchanges: set[str] = set()
-        self._levels = 0  # delay levels declared: 0.._levels-1
+        self._levels: dict[str, int] = {}  # queue -> delay levels declared (0..n-1)
+        self._shared_levels = 0  # level exchanges declared and chained
         self._subs: list[_Subscription] = []
         self._url_index = 0
 
@@ -633,7 +635,7 @@ class RabbitMQTransport(Transport):
     async def _setup(self) -> None:
         """Open the publishing and consuming channels and resume consumers."""
         await self._open_publisher()
-        await self._open_consumer()
+        await self._sync_consumers()
         for sub in list(self._subs):
             await self._open_subscription(sub)
 
@@ -828,27 +830,29 @@ class RabbitMQTransport(Transport):
         top = units.bit_length() - 1
         for level in range(top + 1):
             headers[_bit_header(level)] = "1" if units >> level & 1 else "0"
+        headers[H_QUEUE] = queue
         headers[H_ETA] = f"{time.time() + units * DELAY_UNIT_MS / 1000.0:.3f}"
         return _level_exchange(top), queue, top
 
-    async def _prepare(self, queues: set[str], top_level: int) -> None:
-        for queue in queues:
+    async def _prepare(self, tops: Mapping[str, int]) -> None:
+        """Declare each queue, and its delay levels up to ``tops[queue]``."""
+        for queue, top in tops.items():
             if queue not in self._declared:
                 await self._declare_queue(queue)
-        if top_level >= self._levels:
-            await self._declare_levels(top_level + 1)
+            if top >= self._levels.get(queue, 0):
+                await self._declare_levels(queue, top + 1)
 
     async def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
         items = []
-        top = -1
+        tops: dict[str, int] = {}
         for message in messages:
             headers: dict[str, Any] = dict(message.headers)
             exchange, routing_key, level = self._route(message.queue, message.delay, headers)
-            top = max(top, level)
+            tops[message.queue] = max(tops.get(message.queue, -1), level)
             props = self._properties(headers, message.message_id, message.priority)
             items.append((exchange, routing_key, message.body, props, True))
         await self._connected()
-        await self._prepare({m.queue for m in messages}, top)
+        await self._prepare(tops)
         await self._send(items)
 
     def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
@@ -945,13 +949,35 @@ class RabbitMQTransport(Transport):
             self._declared.add(name)
         return name
 
-    async def _declare_levels(self, count: int) -> None:
-        """Declare delay levels ``self._levels .. count-1`` (see the module docstring)."""
+    async def _declare_shared_levels(self, count: int) -> None:
+        """Declare the level exchanges ``0..count-1`` and chain each to the one below."""
         await self._declare_exchange(DELIVER_EXCHANGE, "direct")
-        for level in range(self._levels, count):
+        for level in range(self._shared_levels, count):
             exchange = _level_exchange(level)
             below = _level_exchange(level - 1) if level else DELIVER_EXCHANGE
             await self._declare_exchange(exchange, "headers")
+            try:
+                async with self._temp() as c:
+                    await c.call(
+                        functools.partial(
+                            c.channel.exchange_bind,
+                            below,
+                            exchange,
+                            arguments={"x-match": "all", _bit_header(level): "0"},
+                        )
+                    )
+            except Exception as exc:
+                raise self._refused(f"delay exchange {exchange!r}", exc) from exc
+            self._shared_levels = level + 1
+
+    async def _declare_levels(self, queue: str, count: int) -> None:
+        """Declare the delay level queues of ``queue`` up to ``count-1``, bottom up (so
+        the levels that exist are always a prefix ``0..n-1``)."""
+        await self._declare_shared_levels(count)
+        for level in range(self._levels.get(queue, 0), count):
+            exchange = _level_exchange(level)
+            below = _level_exchange(level - 1) if level else DELIVER_EXCHANGE
+            name = _level_queue(queue, level)
             arguments = {
                 "x-queue-type": "quorum",
                 "x-message-ttl": DELAY_UNIT_MS * 2**level,
@@ -959,32 +985,28 @@ class RabbitMQTransport(Transport):
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             }
-            bit = _bit_header(level)
+            match = {"x-match": "all", _bit_header(level): "1", H_QUEUE: queue}
             try:
                 async with self._temp() as c:
                     ch = c.channel
-                    queue = _level_queue(level)
                     await c.call(
-                        functools.partial(
-                            ch.queue_declare, queue, durable=True, arguments=arguments
-                        )
+                        functools.partial(ch.queue_declare, name, durable=True, arguments=arguments)
                     )
-                    await c.call(
-                        functools.partial(
-                            ch.queue_bind, queue, exchange, arguments={"x-match": "all", bit: "1"}
-                        )
-                    )
-                    await c.call(
-                        functools.partial(
-                            ch.exchange_bind,
-                            below,
-                            exchange,
-                            arguments={"x-match": "all", bit: "0"},
-                        )
-                    )
+                    await c.call(functools.partial(ch.queue_bind, name, exchange, arguments=match))
             except Exception as exc:
-                raise self._refused(f"delay level {level}", exc) from exc
-            self._levels = level + 1
+                raise self._refused(f"delay queue {name!r}", exc) from exc
+            self._levels[queue] = level + 1
+
+    async def _level_names(self, queue: str) -> list[tuple[str, int]]:
+        """The delay level queues of ``queue`` that exist, with their ready counts."""
+        found = []
+        for level in range(DELAY_LEVELS):
+            name = _level_queue(queue, level)
+            count = await self._passive(name)
+            if count is None:
+                break
+            found.append((name, count))
+        return found
 
     # -- consuming -------------------------------------------------------------------
 
@@ -995,7 +1017,7 @@ class RabbitMQTransport(Transport):
         self._consumer = channel
         self._consumer_rpc = _TempChannel(self, channel)
         self._applied_qos = -1
-        await self._sync_consumers()
+        await self._apply_consumers()
 
     def _consumer_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is not self._consumer:
@@ -1013,7 +1035,7 @@ class RabbitMQTransport(Transport):
 
     async def _reopen_consumer(self) -> None:
         with contextlib.suppress(Exception):
-            await self._open_consumer()
+            await self._sync_consumers()
 
     def _forget_consumer(self) -> None:
         """The consumer channel is gone: its deliveries were returned by the broker."""
@@ -1027,14 +1049,15 @@ class RabbitMQTransport(Transport):
 
     async def _sync_consumers(self) -> None:
         """Make the consumer channel's qos and consumers match what callers want."""
-        if self._consumer is None or not self._consumer.is_open:
-            if self._conn is None:
-                return
-            assert self._consumer_lock is not None
-            async with self._consumer_lock:
-                if self._consumer is None or not self._consumer.is_open:
-                    await self._open_consumer()
-                    return
+        assert self._consumer_lock is not None
+        async with self._consumer_lock:  # one change at a time: no consumer twice
+            if self._consumer is not None and self._consumer.is_open:
+                await self._apply_consumers()
+            elif self._conn is not None and self._conn.is_open:
+                await self._open_consumer()
+
+    async def _apply_consumers(self) -> None:
+        assert self._consumer is not None
         channel = self._consumer
         c = self._consumer_rpc
         assert c is not None
@@ -1235,7 +1258,7 @@ class RabbitMQTransport(Transport):
         props = self._properties(headers, delivery.message_id, delivery.priority)
         try:
             if declare:
-                await self._prepare({target}, top)
+                await self._prepare({target: top})
             await self._send([(exchange, routing_key, delivery.body, props, True)])
         except BaseException:
             self._settle(receipt.generation, receipt.tag, requeue=True)
@@ -1286,12 +1309,18 @@ class RabbitMQTransport(Transport):
             ) from exc
         return int(frame.method.message_count)
 
-    async def _purge(self, queue: str) -> int:
-        if await self._passive(queue) is None:
-            return 0
+    async def _purge_one(self, queue: str) -> int:
         async with self._temp() as c:
             frame = await c.call(functools.partial(c.channel.queue_purge, queue))
-        purged = int(frame.method.message_count)
+        return int(frame.method.message_count)
+
+    async def _purge(self, queue: str, delayed: bool = True) -> int:
+        if await self._passive(queue) is None:
+            return 0
+        purged = await self._purge_one(queue)
+        if delayed:
+            for name, _count in await self._level_names(queue):
+                purged += await self._purge_one(name)
         # Messages prefetched into this process but not handed out are waiting too.
         with self._cond:
             mine = [e for e in self._buffer if e[2].queue == queue]
@@ -1305,9 +1334,15 @@ class RabbitMQTransport(Transport):
         """Delete the ready messages of ``queue`` (delayed ones still arrive later)."""
         return self._call(self._purge(queue), self._budget())
 
+    async def _count(self, queue: str) -> int:
+        ready = await self._passive(queue)
+        if ready is None:
+            return 0
+        return ready + sum(count for _name, count in await self._level_names(queue))
+
     def size(self, queue: str) -> int:
-        """Ready messages plus those this instance holds (delayed ones are not counted)."""
-        ready = self._call(self._passive(queue), self._budget()) or 0
+        """Ready and delayed messages, plus those this instance holds."""
+        ready = self._call(self._count(queue), self._budget())
         with self._cond:
             held = self._held.get(queue, 0)
             buffered = sum(1 for e in self._buffer if e[2].queue == queue)
@@ -1380,7 +1415,7 @@ class RabbitMQTransport(Transport):
                 return
             headers = _user_headers(props.headers)
             fresh = self._properties(dict(headers), props.message_id or "", props.priority or 0)
-            await self._prepare({queue}, -1)
+            await self._prepare({queue: -1})
             await self._send([("", queue, body, fresh, True)])
             c.channel.basic_ack(method.delivery_tag)
             replayed += 1
@@ -1390,7 +1425,7 @@ class RabbitMQTransport(Transport):
 
     def purge_dead_letters(self, queue: str) -> int:
         """Delete every dead letter of ``queue``."""
-        return self._call(self._purge(f"{queue}.dlq"), self._budget())
+        return self._call(self._purge(f"{queue}.dlq", delayed=False), self._budget())
 
     # -- broadcast -------------------------------------------------------------------
 
@@ -1410,8 +1445,10 @@ class RabbitMQTransport(Transport):
         sub = _Subscription(self, channel)
 
         async def start() -> None:
-            self._subs.append(sub)
+            # Registered once connected, so that a concurrent (re)connection setup,
+            # which re-opens every registered subscription, cannot open it twice.
             await self._connected()
+            self._subs.append(sub)
             await self._open_subscription(sub)
 
         try:
