@@ -81,6 +81,10 @@ DEFAULTS: dict[str, Any] = {
     "include": [],
     # Periodic tasks.
     "beat_schedule": {},
+    "beat_lease_time": 10.0,
+    "beat_missed_policy": "run_once",
+    "beat_max_loop_interval": 5.0,
+    "beat_key_prefix": "polyq-beat-",
 }
 
 #: Celery settings polyq deliberately does not have, and what to use instead.
@@ -91,6 +95,9 @@ NOT_SUPPORTED: dict[str, str] = {
     "result_chord_join_timeout": "chords never join by polling in polyq",
     "worker_disable_rate_limits": "do not set rate_limit on the tasks",
     "event_queue_expires": "events use the broker's broadcast",
+    "beat_scheduler": "polyq beat keeps its state in the result backend",
+    "beat_schedule_filename": "polyq beat keeps its state in the result backend",
+    "beat_sync_every": "polyq beat writes each entry's state after every run",
 }
 
 _ENV_PREFIX = "POLYQ_"
