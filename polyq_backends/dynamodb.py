@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -263,14 +264,20 @@ class DynamoDBResultBackend(ResultBackend):
 
     def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
         """Add ``member`` to the set ``key``; the set's size afterwards (see the docstring)."""
+        # Marks this call's write, so a write that succeeded but whose reply was lost
+        # (and was retried by botocore, or by the loop below) is recognised as ours.
+        token = secrets.token_hex(4)
         for _ in range(50):
             now = time.time()
             expiry = self._expiry(ttl, now)
-            update = "SET #m.#x = :true" + (", #e = :e, #t = :t" if expiry else "") + " ADD #n :one"
-            values: dict[str, Any] = {":true": {"BOOL": True}, ":one": {"N": "1"}}
+            # Every SET operand reads the item as it was before this update: the new
+            # member's position and the new count are both the old count plus one.
+            update = "SET #m.#x = :tok, #p.#x = #n + :one, #n = #n + :one"
+            values: dict[str, Any] = {":tok": {"S": token}, ":one": {"N": "1"}}
             values[":now"] = _number(now)
-            names = {"#m": "m", "#n": "n", "#e": "e", "#x": member}
+            names = {"#m": "m", "#p": "p", "#n": "n", "#e": "e", "#x": member}
             if expiry:
+                update += ", #e = :e, #t = :t"
                 values[":e"], values[":t"] = expiry["e"], expiry["ttl_at"]
                 names["#t"] = "ttl_at"
             try:
@@ -292,13 +299,17 @@ class DynamoDBResultBackend(ResultBackend):
                     raise
                 old: Any = exc.response.get("Item")
             if self._live(old, now) and "m" in old:
-                if member in old["m"]["M"]:
-                    return int(old["n"]["N"])
-                continue  # a member was added meanwhile; the condition said so: retry
+                present = old["m"]["M"].get(member)
+                if present is None:
+                    continue  # the set changed under us (expired, replaced): try again
+                if present.get("S") == token:
+                    return int(old["p"]["M"][member]["N"])  # our own write, retried
+                return int(old["n"]["N"])  # a member added before: not counted again
             # No set yet, or an expired one, or a plain value: start the set afresh.
             item = {
                 "k": {"S": key},
-                "m": {"M": {member: {"BOOL": True}}},
+                "m": {"M": {member: {"S": token}}},
+                "p": {"M": {member: {"N": "1"}}},
                 "n": {"N": "1"},
                 **expiry,
             }
@@ -315,7 +326,7 @@ class DynamoDBResultBackend(ResultBackend):
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise
-                # Another member created the set first: add to it.
+                # Another member created the set first (or our put was retried): add to it.
         raise BrokerError(
             f"DynamoDB at {self.describe()}: could not add to set {key!r} after 50 attempts "
             "under contention"
@@ -325,7 +336,8 @@ class DynamoDBResultBackend(ResultBackend):
         """A ``PutItem`` conditioned on ``key`` being absent or expired."""
         self._check_size(key, value)
         now = time.time()
-        item = {"k": {"S": key}, "v": {"B": value}, **self._expiry(ttl, now)}
+        token = secrets.token_hex(8)
+        item = {"k": {"S": key}, "v": {"B": value}, "w": {"S": token}, **self._expiry(ttl, now)}
         try:
             self._call(
                 "put_item",
@@ -334,11 +346,14 @@ class DynamoDBResultBackend(ResultBackend):
                 ConditionExpression=_GONE,
                 ExpressionAttributeNames={"#k": "k", "#e": "e"},
                 ExpressionAttributeValues={":now": _number(now)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            return False
+            # A put whose reply was lost and was retried finds its own token: it won.
+            old: Any = exc.response.get("Item") or {}
+            return bool(old.get("w", {}).get("S") == token)
         return True
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:

@@ -150,6 +150,17 @@ _BATCH = 10
 # is accepted whatever the account's newer per-message maximum is.
 _BATCH_BYTES = 262_144
 _DEFAULT_MAX_SIZE = 262_144
+_LARGEST_SIZE = 1_048_576
+# Room kept in a queue's MaximumMessageSize for the envelope's own keys and quoting.
+_ENVELOPE_ROOM = 1024
+
+
+def _body_limit(queue_max: int) -> int:
+    """The largest body + id + headers that fits a queue of ``queue_max`` bytes
+    whatever the body's content: binary bodies grow by a third in base64."""
+    return (queue_max - _ENVELOPE_ROOM) * 3 // 4
+
+
 _BROADCAST = "polyq-bc-"
 _HEARTBEAT_TAG = "polyq-heartbeat"
 _FIFO_DELAY_POLL = 1.0
@@ -219,7 +230,7 @@ class SQSTransport(Transport):
     capabilities = Capabilities(
         priority=False,
         max_delay=float(_NATIVE_DELAY_LIMIT),
-        max_message_size=_DEFAULT_MAX_SIZE,
+        max_message_size=_body_limit(_DEFAULT_MAX_SIZE),
         broadcast=True,
         lease="timeout",
         extend_lease=True,
@@ -252,10 +263,23 @@ class SQSTransport(Transport):
                 f"visibility_timeout={self.visibility_timeout!r}: SQS accepts 0 to "
                 f"{_VISIBILITY_LIMIT} seconds (12 hours)"
             )
+        self.queue_max_size = int(options.get("max_message_size", _DEFAULT_MAX_SIZE))
+        if not 1024 < self.queue_max_size <= _LARGEST_SIZE:
+            raise ConfigurationError(
+                f"max_message_size={self.queue_max_size!r}: SQS queues take 1024 to "
+                f"{_LARGEST_SIZE} bytes (262144 is AWS's default)"
+            )
+        # SQS takes whole seconds; rounded up so a lease never ends early.
+        self._visibility = _seconds(self.visibility_timeout, _VISIBILITY_LIMIT)
+        changes: dict[str, Any] = {}
         if self.max_native_delay != _NATIVE_DELAY_LIMIT:
-            # An instance attribute, so the core hops ETAs at the configured limit.
+            changes["max_delay"] = self.max_native_delay
+        if self.queue_max_size != _DEFAULT_MAX_SIZE:
+            changes["max_message_size"] = _body_limit(self.queue_max_size)
+        if changes:
+            # An instance attribute: the core hops ETAs and sizes messages by these.
             self.capabilities = dataclasses.replace(  # type: ignore[misc]
-                type(self).capabilities, max_delay=self.max_native_delay
+                type(self).capabilities, **changes
             )
         self.default_group = options.get("message_group_id")
         self.broadcast_heartbeat = float(options.get("broadcast_heartbeat", 60.0))
@@ -334,7 +358,11 @@ class SQSTransport(Transport):
                 raise self._error(f"GetQueueUrl {sqs_name}", exc) from exc
             if not create:
                 return None
-            attributes = {"FifoQueue": "true"} if _is_fifo(sqs_name) else {}
+            # Dead letters carry a reason on top of the message: give them the most room.
+            size = _LARGEST_SIZE if name.endswith("-dlq") else self.queue_max_size
+            attributes = {"MaximumMessageSize": str(size)}
+            if _is_fifo(sqs_name):
+                attributes["FifoQueue"] = "true"
             try:
                 reply = self._call("create_queue", QueueName=sqs_name, Attributes=attributes)
             except botocore.exceptions.ClientError as exc2:
@@ -389,6 +417,7 @@ class SQSTransport(Transport):
         group = kwargs.get("message_group_id")
         now = time.time()
         outgoing: dict[str, list[tuple[dict[str, Any], int]]] = collections.defaultdict(list)
+        raw_sizes: dict[str, int] = collections.defaultdict(int)
         for message in messages:
             fields: dict[str, Any] = {_ENVELOPE: 1, "id": message.message_id}
             fields["h"] = dict(message.headers)
@@ -418,18 +447,23 @@ class SQSTransport(Transport):
                 entry["DelaySeconds"] = _seconds(delay, int(self.max_native_delay))
             entry["MessageBody"] = _encode(fields, message.body)
             outgoing[target].append((entry, len(entry["MessageBody"].encode("utf-8"))))
+            raw = len(message.body) + len(message.message_id.encode())
+            raw += sum(len(k.encode()) + len(v.encode()) for k, v in message.headers.items())
+            raw_sizes[target] = max(raw_sizes[target], raw)
         urls = {queue: self._require_url(queue) for queue in outgoing}
         for queue, entries in outgoing.items():
             limit = self._max_size(queue, urls[queue])
-            for _, size in entries:
-                if size > limit:
-                    raise MessageTooLarge(
-                        f"a message for queue {queue!r} is {size} bytes once encoded "
-                        f"(body, headers and envelope; binary bodies grow by a third in "
-                        f"base64), over the queue's MaximumMessageSize of {limit} bytes; "
-                        "nothing was sent. Store large payloads elsewhere and pass a "
-                        "reference, or raise the queue's MaximumMessageSize (up to 1 MiB)"
-                    )
+            largest = max(size for _, size in entries)
+            if raw_sizes[queue] > _body_limit(limit) or largest > limit:
+                raise MessageTooLarge(
+                    f"a message for queue {queue!r} has {raw_sizes[queue]} bytes of body, "
+                    f"id and headers ({largest} once encoded), over the "
+                    f"{_body_limit(limit)} bytes polyq allows on an SQS queue whose "
+                    f"MaximumMessageSize is {limit} (binary bodies travel in base64, a "
+                    "third larger); nothing was sent. Store large payloads elsewhere and "
+                    "pass a reference, or use queues with a larger MaximumMessageSize "
+                    "(up to 1 MiB: option max_message_size for queues polyq creates)"
+                )
         for queue, entries in outgoing.items():
             self._send(queue, urls[queue], entries)
 
@@ -528,7 +562,7 @@ class SQSTransport(Transport):
                 QueueUrl=url,
                 MaxNumberOfMessages=max(1, min(_BATCH, limit)),
                 WaitTimeSeconds=wait,
-                VisibilityTimeout=int(self.visibility_timeout),
+                VisibilityTimeout=self._visibility,
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
         except botocore.exceptions.ClientError as exc:
@@ -702,7 +736,7 @@ class SQSTransport(Transport):
                             {
                                 "Id": str(n),
                                 "ReceiptHandle": d.receipt.handle,
-                                "VisibilityTimeout": int(self.visibility_timeout),
+                                "VisibilityTimeout": self._visibility,
                             }
                             for n, d in enumerate(chunk)
                         ],
