@@ -335,10 +335,16 @@ class _TempChannel:
             self._waiting.discard(fut)
             self.owner._inflight.discard(fut)
 
-    def close(self) -> None:
-        if self.channel.is_open:
-            with contextlib.suppress(Exception):
-                self.channel.close()
+    async def close(self) -> None:
+        """Close the channel and wait until the broker has (messages it delivered
+        unacked are back in their queues then)."""
+        if not self.channel.is_open:
+            return
+        closed: asyncio.Future[Any] = self.owner._loop.create_future()
+        self.channel.add_on_close_callback(lambda *_: _resolve(closed)())
+        with contextlib.suppress(Exception):
+            self.channel.close()
+            await asyncio.wait_for(asyncio.shield(closed), 5.0)
 
 
 class _Subscription(Subscription):
@@ -702,7 +708,7 @@ class RabbitMQTransport(Transport):
         try:
             yield channel
         finally:
-            channel.close()
+            await channel.close()
 
     # -- publishing ------------------------------------------------------------------
 
