@@ -106,11 +106,16 @@ def _where(app: Polyq) -> None:
 @click.option("--max-memory-per-child", type=int, help="KiB of resident memory")
 @click.option("--time-limit", type=float, help="hard limit, seconds (prefork)")
 @click.option("--soft-time-limit", type=float, help="soft limit, seconds")
+@click.option("-E", "--events", "send_events", is_flag=True, help="send task events (monitoring)")
+@click.option("--heartbeat-file", help="touch this file every 5 s while live (liveness probe)")
+@click.option("--health-port", type=int, help="serve GET /healthz on 127.0.0.1:PORT")
 @click.pass_obj
 def worker(obj: _Ctx, concurrency: int | None, queues: str | None, hostname: str | None,
            loglevel: str, pool: str | None, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           time_limit: float | None, soft_time_limit: float | None) -> None:
+           time_limit: float | None, soft_time_limit: float | None,
+           send_events: bool = False, heartbeat_file: str | None = None,
+           health_port: int | None = None) -> None:
     """Start a worker."""
     from polyq.utils.log import setup_logging
     from polyq.worker import Worker
@@ -130,12 +135,17 @@ def worker(obj: _Ctx, concurrency: int | None, queues: str | None, hostname: str
             max_memory_per_child=max_memory_per_child,
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
+            send_events=send_events,
         )
     except PolyqError as exc:
         raise click.ClickException(redact(str(exc))) from None
     _where(app)
     click.echo(f"tasks:   {', '.join(sorted(n for n in app.tasks if not n.startswith('polyq.')))}",
                err=True)
+    if heartbeat_file or health_port:  # monitoring: liveness for orchestrators
+        from polyq.monitor.liveness import Liveness
+
+        Liveness(w, heartbeat_file, health_port).start()
     w.start()
 
 
@@ -384,6 +394,15 @@ def demo(count: int, concurrency: int, keep: bool) -> None:
 
             shutil.rmtree(directory, ignore_errors=True)
 
+
+# Monitoring and control commands (polyq/monitor/cli.py).
+from polyq.monitor import cli as _monitor_cli  # noqa: E402
+
+main.add_command(_monitor_cli.status)
+main.add_command(_monitor_cli.inspect)
+main.add_command(_monitor_cli.control)
+main.add_command(_monitor_cli.events)
+main.add_command(_monitor_cli.monitor)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from polyq import signals, states
 from polyq.control import CONTROL_CHANNEL, REVOKED_PREFIX
+from polyq.events import EventDispatcher, message_fields
 from polyq.exceptions import (
     BrokerError,
     ConfigurationError,
@@ -41,7 +42,6 @@ from polyq.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
-from polyq.events import EventDispatcher
 from polyq.execution import store_state
 from polyq.message import peek
 from polyq.transport import Delivery
@@ -130,6 +130,7 @@ class Worker:
         self._buckets: dict[str, TokenBucket] = {}
         self._threads: list[threading.Thread] = []
         self.processed = 0
+        self.last_poll = time.monotonic()
         self.started_at = time.time()
         self.send_events = bool(send_events or conf.worker_send_task_events)
         self.events = EventDispatcher(app, self.hostname, self.send_events)
@@ -186,6 +187,10 @@ class Worker:
         if self.transport.capabilities.lease == "timeout":
             self._spawn(self._keep_leases, "polyq-leases")
         self._spawn(self._listen_control, "polyq-control")
+        # monitoring: worker-online now, worker-heartbeat every few seconds (when -E)
+        from polyq.worker import remote
+
+        self.events.start(lambda: remote.stats(self))
         logger.info(
             "polyq worker %s ready: pool=%s concurrency=%d queues=%s broker=%s backend=%s",
             self.hostname,
@@ -242,6 +247,7 @@ class Worker:
         for thread in self._threads:
             if thread.name in ("polyq-acker", "polyq-consumer"):
                 thread.join(timeout=10)
+        self.events.close()  # monitoring: worker-offline and the last events
         try:
             self.transport.close()
         finally:
@@ -279,6 +285,7 @@ class Worker:
     def _consume(self) -> None:
         errors = 0
         while not self._stop_consuming.is_set():
+            self.last_poll = time.monotonic()  # monitoring: liveness probe reads it
             with self._cond:
                 free = self.prefetch_limit - len(self._held)
                 if free <= 0:
@@ -357,8 +364,9 @@ class Worker:
             return
         signals.task_received.send(sender=self, request=delivery)
         if self.events.enabled:
-            self.events.send("task-received", uuid=task_id, name=name, queue=delivery.queue,
-                             retries=int(delivery.headers.get("retries", 0)))
+            self.events.send(
+                "task-received", uuid=task_id, name=name, **message_fields(delivery, self.app.accept)
+            )
         acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
         key = next(self._keys)
         time_limit = delivery.headers.get("time_limit")
@@ -433,6 +441,8 @@ class Worker:
         signals.task_revoked.send(
             sender=self, request=delivery, terminated=False, signum=None, expired=expired
         )
+        if self.events.enabled:
+            self.events.send("task-revoked", uuid=task_id, name=name, expired=expired)
         self.transport.ack([delivery])
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
