@@ -26,7 +26,9 @@ Design
   ignores the database number, hence the db and namespace in the channel name.
   One pub/sub connection per backend instance serves every ``wait``: a daemon
   thread reads it and wakes the waiting threads, so a wait costs a ``SUBSCRIBE``
-  and two ``GET`` round trips, not a new connection. A notification lost while the
+  and a ``GET``, not a new connection. A value up to 64 KiB (with no ttl or one of
+  at least 1 s) travels in the notification, so the woken wait returns it without
+  another round trip. A notification lost while the
   pub/sub connection reconnects is covered by re-reading the key every 2 s.
 
 Capabilities: ``push_wait``; durable as the server's persistence makes it.
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 #: Longest a wait trusts pub/sub alone before reading the key again.
 _RECHECK = 2.0
+#: Values up to this size travel in the notification itself, saving the waiter a GET.
+_INLINE_MAX = 64 * 1024
+_WITH_VALUE, _WITHOUT_VALUE = b"\x01", b"\x00"
 
 
 def _px(ttl: float) -> int:
@@ -60,11 +65,13 @@ def _px(ttl: float) -> int:
 
 
 class _Waiter:
-    __slots__ = ("fired", "subscribed")
+    __slots__ = ("fired", "subscribed", "value")
 
     def __init__(self) -> None:
         self.subscribed = threading.Event()
         self.fired = threading.Event()
+        #: The value the notification carried, if it carried one.
+        self.value: bytes | None = None
 
 
 class _Notifier:
@@ -137,7 +144,10 @@ class _Notifier:
                         for waiter in self._waiters.get(channel, ()):
                             waiter.subscribed.set()
                 elif kind == "message":
+                    data = reply["data"]
+                    value = data[1:] if data[:1] == _WITH_VALUE else None
                     for waiter in self._waiters.get(channel, ()):
+                        waiter.value = value
                         waiter.fired.set()
 
     def close(self) -> None:
@@ -166,7 +176,7 @@ class RedisResultBackend(ResultBackend):
         self._notifier: _Notifier | None = None
         self._notifier_lock = threading.Lock()
 
-    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+    def _errors(self, what: str) -> translate_errors:
         return translate_errors(self.url, what)
 
     def get(self, key: str) -> bytes | None:
@@ -197,7 +207,7 @@ class RedisResultBackend(ResultBackend):
                 pipe.delete(self._values + key)  # expired the moment it is written
                 continue
             pipe.set(self._values + key, value, px=None if ttl is None else _px(ttl))
-            pipe.publish(self._channels + key, b"")
+            pipe.publish(self._channels + key, self._notification(value, ttl))
         with self._errors(f"store {len(items)} result(s)"):
             pipe.execute()
 
@@ -232,8 +242,15 @@ class RedisResultBackend(ResultBackend):
                 return not self._client.exists(name)
             stored = self._client.set(name, value, nx=True, px=None if ttl is None else _px(ttl))
             if stored:
-                self._client.publish(self._channels + key, b"")
+                self._client.publish(self._channels + key, self._notification(value, ttl))
         return bool(stored)
+
+    @staticmethod
+    def _notification(value: bytes, ttl: float | None) -> bytes:
+        # Short-lived values are not inlined: a wait must never return an expired one.
+        if len(value) <= _INLINE_MAX and (ttl is None or ttl >= 1.0):
+            return _WITH_VALUE + value
+        return _WITHOUT_VALUE
 
     def _notifications(self) -> _Notifier:
         with self._notifier_lock:
@@ -256,8 +273,10 @@ class RedisResultBackend(ResultBackend):
                 remaining = deadline - time.monotonic()
                 if value is not None or remaining <= 0:
                     return value
-                waiter.fired.wait(min(remaining, _RECHECK))
-                waiter.fired.clear()
+                if waiter.fired.wait(min(remaining, _RECHECK)):
+                    waiter.fired.clear()
+                    if waiter.value is not None:
+                        return waiter.value
         finally:
             notifier.unwatch(channel, waiter)
 

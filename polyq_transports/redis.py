@@ -79,7 +79,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -257,34 +257,41 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
     return redis.Redis(host=host, port=port, **kwargs), db
 
 
-def translate_errors(url: str, what: str) -> contextlib.AbstractContextManager[None]:
-    """Turn redis-py errors raised inside the block into :class:`BrokerError` that
-    say what failed, where (credentials redacted) and how to fix it."""
-    return _translate(url, what)
+class translate_errors:
+    """``with translate_errors(url, "publish 3 messages"):`` turns redis-py errors
+    raised inside the block into :class:`BrokerError` saying what failed, where
+    (credentials redacted) and how to fix it. Costs nothing when nothing fails:
+    the URL is only redacted then."""
 
+    __slots__ = ("url", "what")
 
-@contextlib.contextmanager
-def _translate(url: str, what: str) -> Iterator[None]:
-    where = redact(url)
-    try:
-        yield
-    except redis.AuthenticationError as exc:
-        raise BrokerError(
-            f"Redis at {where} refused the credentials while trying to {what}: "
-            f"{redact(str(exc))}. Check the username and password in the URL."
-        ) from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerError(
-            f"cannot reach Redis at {where} to {what}: {redact(str(exc))}. Is the server "
-            "running and the URL's host, port and TLS setting right?"
-        ) from exc
-    except redis.exceptions.OutOfMemoryError as exc:
-        raise BrokerError(
-            f"Redis at {where} is out of memory and refused to {what}: {exc}. Raise "
-            "maxmemory or drain queues; nothing was stored by the refused command."
-        ) from exc
-    except redis.RedisError as exc:
-        raise BrokerError(f"Redis at {where} failed to {what}: {redact(str(exc))}") from exc
+    def __init__(self, url: str, what: str) -> None:
+        self.url = url
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None or not isinstance(exc, redis.RedisError):
+            return
+        where, what, detail = redact(self.url), self.what, redact(str(exc))
+        if isinstance(exc, redis.AuthenticationError):
+            raise BrokerError(
+                f"Redis at {where} refused the credentials while trying to {what}: {detail}. "
+                "Check the username and password in the URL."
+            ) from exc
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise BrokerError(
+                f"cannot reach Redis at {where} to {what}: {detail}. Is the server running "
+                "and the URL's host, port and TLS setting right?"
+            ) from exc
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            raise BrokerError(
+                f"Redis at {where} is out of memory and refused to {what}: {detail}. Raise "
+                "maxmemory or drain queues; nothing was stored by the refused command."
+            ) from exc
+        raise BrokerError(f"Redis at {where} failed to {what}: {detail}") from exc
 
 
 # -- message payload ----------------------------------------------------------------------
@@ -337,19 +344,21 @@ local function ready_score(member)
 end
 """
 
-# KEYS: ready, delayed, msg, seq, notify, queues  ARGV: queue, n, (priority, delay_ms, payload)*n
+# KEYS: ready, delayed, msg, seq, notify, queues
+# ARGV: queue, register (1: add it to the queue list), n, (priority, delay ms, payload)*n
 _PUBLISH = (
     _LUA_COMMON
     + """
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local first = redis.call('INCRBY', KEYS[4], n) - n
 local now = nil
 local wake = false
-for i = 0, n - 1 do
-  local p = tonumber(ARGV[3 + i * 3])
-  local delay = tonumber(ARGV[4 + i * 3])
-  local member = p .. ':' .. (first + i + 1)
-  redis.call('HSET', KEYS[3], member, ARGV[5 + i * 3])
+for i = 1, n do
+  local p = tonumber(ARGV[1 + i * 3])
+  local delay = tonumber(ARGV[2 + i * 3])
+  local seq = first + i
+  local member = p .. ':' .. seq
+  redis.call('HSET', KEYS[3], member, ARGV[3 + i * 3])
   if delay > 0 then
     now = now or now_ms()
     local due = now + delay
@@ -357,11 +366,11 @@ for i = 0, n - 1 do
     if head[2] == nil or due < tonumber(head[2]) then wake = true end
     redis.call('ZADD', KEYS[2], num(due), member)
   else
-    redis.call('ZADD', KEYS[1], ready_score(member), member)
+    redis.call('ZADD', KEYS[1], num((9 - p) * 1099511627776 + seq), member)
     wake = true
   end
 end
-redis.call('SADD', KEYS[6], ARGV[1])
+if ARGV[2] == '1' then redis.call('SADD', KEYS[6], ARGV[1]) end
 if wake and redis.call('LLEN', KEYS[5]) == 0 then redis.call('RPUSH', KEYS[5], '1') end
 return n
 """
@@ -646,6 +655,7 @@ class RedisTransport(Transport):
         self._rotation = itertools.count()
         self._checked_server = False
         self._keys: dict[str, _QueueKeys] = {}
+        self._listed: set[str] = set()
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         register = self._client.register_script
         self._publish = register(_PUBLISH)
@@ -657,7 +667,7 @@ class RedisTransport(Transport):
         self._replay = register(_REPLAY)
         self._purge = register(_PURGE)
 
-    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+    def _errors(self, what: str) -> translate_errors:
         return translate_errors(self.url, what)
 
     def _k(self, queue: str) -> _QueueKeys:
@@ -674,23 +684,25 @@ class RedisTransport(Transport):
             raise ConfigurationError(
                 "the Redis transport cannot join a database transaction (connection=...)"
             )
+        if len(messages) == 1:  # the common .delay(): no grouping to do
+            message = messages[0]
+            args = [message.queue, 0, 1, *self._publish_args(message)]
+            with self._errors("publish a message"):
+                self._publish(keys=self._publish_keys(message.queue, args), args=args)
+            return
         by_queue: dict[str, list[Any]] = {}
         for message in messages:
-            payload = _pack(message)
-            priority = min(9, max(0, int(message.priority)))
-            delay_ms = max(0, round(message.delay * 1000))
-            by_queue.setdefault(message.queue, []).extend((priority, delay_ms, payload))
-        if not by_queue:
-            return
+            by_queue.setdefault(message.queue, []).extend(self._publish_args(message))
         calls = []
-        for queue, args in by_queue.items():
-            k = self._k(queue)
-            keys = [k.ready, k.delayed, k.msg, k.seq, k.notify, self._queues_key]
-            step = self.publish_chunk * 3
-            for start in range(0, len(args), step):
-                chunk = args[start : start + step]
-                calls.append((keys, [queue, len(chunk) // 3, *chunk]))
-        with self._errors(f"publish {len(messages)} message(s)"):
+        step = self.publish_chunk * 3
+        for queue, triples in by_queue.items():
+            for start in range(0, len(triples), step):
+                chunk = triples[start : start + step]
+                args = [queue, 0, len(chunk) // 3, *chunk]
+                calls.append((self._publish_keys(queue, args), args))
+        if not calls:
+            return
+        with self._errors(f"publish {len(messages)} messages"):
             if len(calls) == 1:
                 self._publish(keys=calls[0][0], args=calls[0][1])
                 return
@@ -698,6 +710,20 @@ class RedisTransport(Transport):
             for keys, args in calls:
                 self._publish(keys=keys, args=args, client=pipe)
             pipe.execute()
+
+    @staticmethod
+    def _publish_args(message: OutgoingMessage) -> tuple[int, int, bytes]:
+        priority = min(9, max(0, int(message.priority)))
+        return priority, max(0, round(message.delay * 1000)), _pack(message)
+
+    def _publish_keys(self, queue: str, args: list[Any]) -> list[str]:
+        """The script's keys; asks it to list ``queue`` the first time this
+        instance publishes there (one ``SADD`` fewer per message after that)."""
+        if queue not in self._listed:
+            self._listed.add(queue)
+            args[1] = 1
+        k = self._k(queue)
+        return [k.ready, k.delayed, k.msg, k.seq, k.notify, self._queues_key]
 
     # -- consuming -------------------------------------------------------------------
 

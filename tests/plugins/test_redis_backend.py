@@ -57,18 +57,22 @@ def test_values_expire_and_are_never_read_late(make) -> None:
 
 def test_chord_counter_counts_distinct_members_under_concurrency(make) -> None:
     b = make()
-    sizes: list[int] = []
+    first: list[int] = []
+    second: list[int] = []
 
     def add(i: int) -> None:
-        for _ in range(2):  # every member twice, as a redelivered header task would
-            sizes.append(b.add_to_set("chord", f"m{i}", ttl=60))
+        # every member twice, as a redelivered header task would
+        first.append(b.add_to_set("chord", f"m{i}", ttl=60))
+        second.append(b.add_to_set("chord", f"m{i}", ttl=60))
 
     threads = [threading.Thread(target=add, args=(i,)) for i in range(20)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    assert max(sizes) == 20 and sizes.count(20) == 2
+    # each first add grew the set by exactly one, atomically; no second add grew it
+    assert sorted(first) == list(range(1, 21))
+    assert max(second) == 20 and b.add_to_set("chord", "m0") == 20
     assert 0 < b._client.pttl(b._sets + "chord") <= 60_000
 
 
