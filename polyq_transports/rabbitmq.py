@@ -549,7 +549,11 @@ class RabbitMQTransport(Transport):
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the I/O loop and wait for its result."""
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            coro.close()  # never scheduled
+            raise
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)

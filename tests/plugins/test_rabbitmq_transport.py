@@ -1,0 +1,295 @@
+"""RabbitMQ-specific behaviour, on the shared broker (queues deleted afterwards).
+
+The conformance suite covers the contract; these tests cover what only this plugin
+has: URL spellings and failover lists, clear errors (credentials never shown),
+queues declared with other arguments, delivery counting across connection losses,
+the delay levels (hours and days, ordering, purge and size), heartbeats while a
+lease is held, unroutable publishes, threads sharing one instance, the
+``consumer_timeout`` warning, and refusal after ``fork``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pika
+import pytest
+
+from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.registry import create_transport
+from polyq.testing import services
+from polyq.transport import OutgoingMessage, Transport
+from polyq_transports.rabbitmq import DELAY_LEVELS, RabbitMQTransport
+
+
+def _blocking(url: str) -> pika.BlockingConnection:
+    params = pika.URLParameters(url.split("?", 1)[0])
+    if urlsplit(url).path in ("", "/", "//"):
+        params.virtual_host = "/"
+    return pika.BlockingConnection(params)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _msg(queue: str, body: bytes = b"x", **fields: object) -> OutgoingMessage:
+    message_id = str(fields.pop("message_id", uuid.uuid4()))
+    return OutgoingMessage(queue=queue, body=body, message_id=message_id, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def url() -> str:
+    return services.amqp_url()
+
+
+@pytest.fixture
+def connect(url: str) -> Iterator[Callable[..., Transport]]:
+    opened: list[Transport] = []
+
+    def connect(**options: object) -> Transport:
+        t = create_transport(options.pop("url", url), **options)  # type: ignore[arg-type]
+        opened.append(t)
+        return t
+
+    yield connect
+    for t in opened:
+        with contextlib.suppress(Exception):
+            t.close()
+
+
+@pytest.fixture
+def queue(url: str) -> Iterator[str]:
+    name = f"pqrabbit-{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = _blocking(url)
+    try:
+        channel = connection.channel()
+        names = [name, f"{name}.dlq"] + [f"{name}.delay.{k:02d}" for k in range(DELAY_LEVELS)]
+        for each in names:
+            if channel.is_closed:
+                channel = connection.channel()
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                channel.queue_delete(each)
+    finally:
+        connection.close()
+
+
+def _ready(url: str, name: str) -> int | None:
+    connection = _blocking(url)
+    try:
+        frame = connection.channel().queue_declare(name, passive=True)
+        return int(frame.method.message_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+# -- URLs and errors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "vhost"),
+    [("", "/"), ("/", "/"), ("//", "/"), ("/%2F", "/"), ("/jobs", "jobs"), ("/a%2Fb", "a/b")],
+)
+def test_vhost_spellings(path: str, vhost: str) -> None:
+    t = RabbitMQTransport(f"amqp://u:p@127.0.0.1:5672{path}")
+    assert t._params[0].virtual_host == vhost
+    t.close()
+
+
+def test_pyamqp_alias_and_query_options(url: str, queue: str) -> None:
+    alias = "pyamqp://" + url.split("://", 1)[1] + "?max_priority=9&heartbeat=10"
+    t = create_transport(alias)
+    try:
+        assert isinstance(t, RabbitMQTransport)
+        assert t.heartbeat == 10
+        t.publish([_msg(queue, b"via alias")])
+        assert [d.body for d in t.receive([queue], 1, 2.0)] == [b"via alias"]
+    finally:
+        t.close()
+
+
+def test_wrong_password_is_a_clear_error_without_the_secret(url: str, queue: str) -> None:
+    parts = urlsplit(url)
+    bad = parts._replace(netloc=f"guest:s3cr3t-wrong@{parts.hostname}:{parts.port}").geturl()
+    t = create_transport(bad, connect_timeout=5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(BrokerError) as info:
+            t.publish([_msg(queue)])
+    finally:
+        t.close()
+    assert time.monotonic() - start < 10
+    text = str(info.value)
+    assert "s3cr3t-wrong" not in text
+    assert "authentication" in text.lower() or "access" in text.lower(), text
+
+
+def test_failover_list_skips_a_dead_broker(
+    url: str, queue: str, connect: Callable[..., Transport]
+) -> None:
+    parts = urlsplit(url)
+    dead = parts._replace(netloc=f"guest:guest@127.0.0.1:{_free_port()}").geturl()
+    t = connect(url=f"{dead};{url}", connect_timeout=3)
+    t.publish([_msg(queue, b"through the second url")])
+    assert [d.body for d in t.receive([queue], 1, 3.0)] == [b"through the second url"]
+    assert "***" in t.describe() or "@" not in t.describe()
+
+
+def test_queue_declared_with_other_arguments(
+    url: str, queue: str, connect: Callable[..., Transport]
+) -> None:
+    connection = _blocking(url)
+    connection.channel().queue_declare(queue, durable=True)  # no x-max-priority
+    connection.close()
+    with pytest.raises(ConfigurationError) as info:
+        connect().publish([_msg(queue)])
+    assert queue in str(info.value)
+    assert "max_priority" in str(info.value)
+    # Matching the existing queue works.
+    t = connect(max_priority=0)
+    t.publish([_msg(queue, b"fits")])
+    assert [d.body for d in t.receive([queue], 1, 2.0)] == [b"fits"]
+
+
+def test_unroutable_publish_raises(url: str, queue: str, connect: Callable[..., Transport]) -> None:
+    t = connect()
+    t.publish([_msg(queue)])
+    connection = _blocking(url)
+    connection.channel().queue_delete(queue)
+    connection.close()
+    with pytest.raises(BrokerError, match="unroutable"):
+        t.publish([_msg(queue)])
+    t.publish([_msg(queue, b"again")])  # the queue is declared anew
+    assert [d.body for d in t.receive([queue], 1, 2.0)] == [b"again"]
+
+
+def test_refuses_to_be_used_after_fork(queue: str, connect: Callable[..., Transport]) -> None:
+    t = connect()
+    assert isinstance(t, RabbitMQTransport)
+    t._pid = -1  # what a forked child would see
+    with pytest.raises(BrokerError, match="fork"):
+        t.publish([_msg(queue)])
+
+
+def test_consumer_timeout_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="polyq.transports.rabbitmq"):
+        RabbitMQTransport("amqp://g:g@127.0.0.1//", time_limit=600).close()
+        assert not caplog.records
+        RabbitMQTransport("amqp://g:g@127.0.0.1//", time_limit=3600).close()
+    assert any("consumer_timeout" in r.getMessage() for r in caplog.records)
+
+
+# -- leases and delivery counts ----------------------------------------------------------
+
+
+def test_delivery_count_rises_on_every_connection_loss(
+    queue: str, connect: Callable[..., Transport]
+) -> None:
+    connect().publish([_msg(queue, message_id="poison")])
+    for expected in (1, 2, 3, 4):
+        t = connect()
+        got = t.receive([queue], 1, 3.0)
+        assert [(d.message_id, d.delivery_count) for d in got] == [("poison", expected)]
+        t.close()  # as if the worker process died holding it
+
+
+def test_heartbeats_keep_a_held_lease(queue: str, connect: Callable[..., Transport]) -> None:
+    holder = connect(heartbeat=1)
+    holder.publish([_msg(queue)])
+    held = holder.receive([queue], 1, 2.0)
+    assert held
+    time.sleep(3.5)  # more than two heartbeat intervals without calling the transport
+    assert connect().receive([queue], 1, 0.5) == []
+    holder.ack(held)
+    assert holder.size(queue) == 0
+
+
+def test_prefetch_follows_demand(queue: str, connect: Callable[..., Transport]) -> None:
+    t = connect()
+    t.publish([_msg(queue) for _ in range(10)])
+    assert len(t.receive([queue], 2, 2.0)) == 2
+    # Only what was asked for is held: another consumer gets the rest.
+    other = connect()
+    deadline = time.monotonic() + 3
+    got = 0
+    while got < 8 and time.monotonic() < deadline:
+        batch = other.receive([queue], 10, 0.5)
+        other.ack(batch)
+        got += len(batch)
+    assert got == 8
+
+
+def test_threads_share_one_transport(queue: str, connect: Callable[..., Transport]) -> None:
+    t = connect()
+    errors: list[BaseException] = []
+
+    def produce(n: int) -> None:
+        try:
+            for i in range(50):
+                t.publish([_msg(queue, message_id=f"{n}-{i}")])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while len(seen) < 400 and time.monotonic() < deadline:
+        batch = t.receive([queue], 100, 1.0)
+        seen.update(d.message_id for d in batch)
+        t.ack(batch)
+    assert len(seen) == 400
+
+
+# -- delays ------------------------------------------------------------------------------
+
+
+def test_delays_come_out_in_due_order(queue: str, connect: Callable[..., Transport]) -> None:
+    t = connect()
+    start = time.monotonic()
+    t.publish([_msg(queue, message_id="2.0", delay=2.0)])
+    t.publish([_msg(queue, message_id="0.5", delay=0.5)])
+    t.publish([_msg(queue, message_id="1.3", delay=1.3)])
+    arrivals = []
+    while len(arrivals) < 3 and time.monotonic() - start < 6:
+        for d in t.receive([queue], 3, 1.0):
+            arrivals.append((d.message_id, time.monotonic() - start))
+            t.ack([d])
+    assert [m for m, _ in arrivals] == ["0.5", "1.3", "2.0"]
+    for message_id, at in arrivals:
+        assert float(message_id) - 0.05 <= at <= float(message_id) + 0.8, arrivals
+
+
+def test_hours_and_days_wait_in_their_levels(
+    url: str, queue: str, connect: Callable[..., Transport]
+) -> None:
+    t = connect()
+    two_hours, three_days = 2 * 3600.0, 3 * 86400.0
+    t.publish([_msg(queue, delay=two_hours), _msg(queue, delay=three_days, priority=7)])
+    # 72,000 units of 100 ms enter level 16; 2,592,000 units enter level 21.
+    assert _ready(url, f"{queue}.delay.16") == 1
+    assert _ready(url, f"{queue}.delay.21") == 1
+    assert t.size(queue) == 2
+    assert t.receive([queue], 10, 0.3) == []
+    assert t.purge(queue) == 2
+    assert t.size(queue) == 0
+    with pytest.raises(ValueError, match="max_delay"):
+        t.publish([_msg(queue, delay=RabbitMQTransport.capabilities.max_delay + 3600)])  # type: ignore[operator]
