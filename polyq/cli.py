@@ -106,6 +106,7 @@ def _where(app: Polyq) -> None:
 @click.option("--max-memory-per-child", type=int, help="KiB of resident memory")
 @click.option("--time-limit", type=float, help="hard limit, seconds (prefork)")
 @click.option("--soft-time-limit", type=float, help="soft limit, seconds")
+@click.option("-B", "--beat", "embed_beat", is_flag=True, help="also run polyq beat")
 @click.option("-E", "--events", "send_events", is_flag=True, help="send task events (monitoring)")
 @click.option("--heartbeat-file", help="touch this file every 5 s while live (liveness probe)")
 @click.option("--health-port", type=int, help="serve GET /healthz on 127.0.0.1:PORT")
@@ -114,6 +115,7 @@ def worker(obj: _Ctx, concurrency: int | None, queues: str | None, hostname: str
            loglevel: str, pool: str | None, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None,
            time_limit: float | None, soft_time_limit: float | None,
+    embed_beat: bool = False,
            send_events: bool = False, heartbeat_file: str | None = None,
            health_port: int | None = None) -> None:
     """Start a worker."""
@@ -146,7 +148,20 @@ def worker(obj: _Ctx, concurrency: int | None, queues: str | None, hostname: str
         from polyq.monitor.liveness import Liveness
 
         Liveness(w, heartbeat_file, health_port).start()
-    w.start()
+    embedded = None
+    if embed_beat:
+        from polyq.beat import start_embedded
+
+        try:
+            embedded = start_embedded(app)
+        except PolyqError as exc:
+            raise click.ClickException(redact(str(exc))) from None
+    try:
+        w.start()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            embedded.join(10.0)
 
 
 def _json_arg(value: str | None, kind: type, what: str) -> Any:
@@ -403,6 +418,9 @@ main.add_command(_monitor_cli.inspect)
 main.add_command(_monitor_cli.control)
 main.add_command(_monitor_cli.events)
 main.add_command(_monitor_cli.monitor)
+
+main.add_command(importlib.import_module("polyq.beat").beat)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
