@@ -644,7 +644,7 @@ class TransportSuite:
                 sender.broadcast(channel, body)
             for sub in subs:
                 got = [sub.get(self.slack) for _ in bodies]
-                assert got == bodies, "a subscriber missed or reordered broadcasts"
+                assert got == bodies, f"a subscriber missed or reordered broadcasts: got {got!r}"
             assert elsewhere.get(0.5) is None, "a broadcast reached another channel"
             subs[0].close()
             sender.broadcast(channel, b"four")
@@ -701,11 +701,13 @@ class TransportSuite:
         for thread in threads:
             thread.join(10)
         assert not errors, f"a producer or consumer thread raised: {errors[0]!r}"
-        assert not overlaps, f"{len(overlaps)} messages were held by two consumers at once"
         assert len(sent) == total
         missing = set(sent) - set(received)
         assert not missing, f"{len(missing)} of {total} messages were never delivered"
+        # A broker that declares may_duplicate (SQS standard queues) may hand out a
+        # second copy at any time, even while the first is held; nothing else may.
         if not consumers[0].capabilities.may_duplicate:
+            assert not overlaps, f"{len(overlaps)} messages were held by two consumers at once"
             twice = [m for m, n in received.items() if n > 1]
             assert not twice, f"{len(twice)} messages were delivered twice without any failure"
 
