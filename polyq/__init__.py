@@ -7,7 +7,17 @@ by ``Polyq``; the names below are Celery's.
 from polyq import states
 from polyq.app import Polyq, current_app, shared_task
 from polyq.backend import ResultBackend
-from polyq.canvas import Signature, chain, group, signature
+from polyq.canvas import (
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    xmap,
+    xstarmap,
+)
 from polyq.result import AsyncResult, GroupResult
 from polyq.task import Task
 from polyq.transport import Transport
@@ -23,9 +33,14 @@ __all__ = [
     "Task",
     "Transport",
     "chain",
+    "chord",
+    "chunks",
     "current_app",
     "group",
+    "maybe_signature",
     "shared_task",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

@@ -114,6 +114,7 @@ class Polyq:
         _current.append(self)
         for register in list(_shared_tasks):
             register(self)
+        __import__("polyq.canvas").canvas.register_builtin_tasks(self)  # polyq.map, .starmap
 
     # -- configuration ---------------------------------------------------------
 

@@ -191,6 +191,14 @@ def execute(
     if dedupe and AsyncResult(task_id, app=app).state == states.SUCCESS:
         logger.info("task %s[%s] already succeeded: skipped (deduplicated)", task.name, task_id)
         return Outcome("ack", task_id, states.SUCCESS)
+    if message.options and message.options.get("once") and not eager:
+        # Canvas steps sent more than once (chord callbacks, chain steps): only the
+        # first published copy runs (see polyq.canvas, "exactly once").
+        from polyq.canvas import claim_once
+
+        if not claim_once(app, message):
+            logger.info("task %s[%s] is a duplicate canvas step: skipped", task.name, task_id)
+            return Outcome("ack", task_id, None)
     if store and _flag(task.track_started, conf.task_track_started):
         store_state(app, task_id, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
     soft = message.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit

@@ -16,7 +16,7 @@ import datetime
 import time
 import traceback as tb
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from polyq import exceptions, serialization, states
 
@@ -356,14 +356,24 @@ class GroupResult(ResultSet):
         self.parent = parent
 
     def save(self) -> None:
-        """Store the member ids so :meth:`restore` can rebuild this result."""
+        """Store the member ids so :meth:`restore` can rebuild this result
+        (nested groups are kept as nested groups)."""
         assert self.app is not None
-        ids = [r.id for r in self.results]
         self.app.backend.set(
             GROUP_PREFIX + self.id,
-            encode_record({"results": ids}, "json"),
-            ttl=self.app.conf.result_expires,
+            encode_record({"results": _member_ids(self)}, "json"),
+            ttl=self.app.result_ttl,
         )
+
+    def delete(self) -> None:
+        """Remove the saved group (not its members' results)."""
+        assert self.app is not None
+        self.app.backend.delete([GROUP_PREFIX + self.id])
+
+    @property
+    def children(self) -> list[AsyncResult]:
+        """The members' results (Celery's name)."""
+        return self.results
 
     @classmethod
     def restore(cls, group_id: str, app: Polyq | None = None) -> GroupResult | None:
@@ -375,7 +385,24 @@ class GroupResult(ResultSet):
         if data is None:
             return None
         ids = decode_record(data, frozenset({"application/json"}))["results"]
-        return cls(group_id, [AsyncResult(i, app=app) for i in ids], app=app)
+        return cast(GroupResult, _from_ids(cls, group_id, ids, app))
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+def _member_ids(result: GroupResult) -> list[Any]:
+    return [
+        {"group": r.id, "results": _member_ids(r)} if isinstance(r, GroupResult) else r.id
+        for r in result.results
+    ]
+
+
+def _from_ids(cls: type[GroupResult], group_id: str, ids: list[Any], app: Polyq) -> GroupResult:
+    members: list[Any] = [
+        _from_ids(cls, i["group"], i["results"], app)
+        if isinstance(i, dict)
+        else AsyncResult(i, app=app)
+        for i in ids
+    ]
+    return cls(group_id, members, app=app)
