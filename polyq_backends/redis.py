@@ -80,7 +80,7 @@ class _Notifier:
     def __init__(self, client: redis.Redis, home: str, url: str) -> None:
         self._client = client
         self._home = home
-        pubsub = self._pubsub = client.pubsub()
+        pubsub = self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         self._url = url
         # Guards the waiter tables and every SUBSCRIBE/UNSUBSCRIBE sent, so the
         # commands reach Redis in the order the tables change.
@@ -169,7 +169,10 @@ class RedisResultBackend(ResultBackend):
         super().__init__(url, **options)
         namespace = str(options.get("namespace", options.get("global_keyprefix", "polyq")))
         self.namespace = namespace.rstrip(":_") or "polyq"
-        self._client, self.db = connect(url, options)
+        client, self.db = connect(url, options)
+        # Typed loosely on purpose: redis-py annotates every reply as a union of all
+        # shapes, while with decode_responses=False ours are known.
+        self._client: Any = client
         self._values = f"{self.namespace}:k:"
         self._sets = f"{self.namespace}:s:"
         self._channels = f"{self.namespace}:{self.db}:result:"

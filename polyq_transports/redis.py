@@ -251,8 +251,9 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
         sentinel_kwargs.setdefault("socket_connect_timeout", kwargs["socket_connect_timeout"])
         # A dead sentinel must not be retried with backoff: the next one is asked.
         sentinel_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
-        return sentinel.master_for(str(master), redis_class=redis.Redis), db
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+        master_client: redis.Redis = sentinel.master_for(str(master), redis_class=redis.Redis)  # type: ignore[no-untyped-call]
+        return master_client, db
     host, port = hosts[0]
     return redis.Redis(host=host, port=port, **kwargs), db
 
@@ -587,7 +588,7 @@ class RedisSubscription(Subscription):
                         ignore_subscribe_messages=True, timeout=remaining
                     )
                 except Exception as exc:
-                    if self._closed:  # closed under us: the read broke, nothing is lost
+                    if self.closed:  # closed under us: the read broke, nothing is lost
                         return None
                     if not isinstance(exc, redis.RedisError | OSError):
                         raise
@@ -599,6 +600,11 @@ class RedisSubscription(Subscription):
                 if remaining <= 0:
                     return None
         return None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Unsubscribe and release the connection; idempotent, and safe from any
@@ -646,7 +652,10 @@ class RedisTransport(Transport):
             )
         self.namespace = str(options.get("namespace", options.get("global_keyprefix", "polyq")))
         self.namespace = self.namespace.rstrip(":_") or "polyq"
-        self._client, self.db = connect(url, options)
+        client, self.db = connect(url, options)
+        # Typed loosely on purpose: redis-py annotates every reply as a union of all
+        # shapes, while with decode_responses=False ours are known (bytes, ints, lists).
+        self._client: Any = client
         socket_timeout = float(options.get("socket_timeout", 10.0))
         # Every BLPOP must return well before the socket times out.
         self._max_block = max(0.05, socket_timeout / 2)
@@ -686,14 +695,14 @@ class RedisTransport(Transport):
             )
         if len(messages) == 1:  # the common .delay(): no grouping to do
             message = messages[0]
-            args = [message.queue, 0, 1, *self._publish_args(message)]
+            args: list[Any] = [message.queue, 0, 1, *self._publish_args(message)]
             with self._errors("publish a message"):
                 self._publish(keys=self._publish_keys(message.queue, args), args=args)
             return
         by_queue: dict[str, list[Any]] = {}
         for message in messages:
             by_queue.setdefault(message.queue, []).extend(self._publish_args(message))
-        calls = []
+        calls: list[tuple[list[str], list[Any]]] = []
         step = self.publish_chunk * 3
         for queue, triples in by_queue.items():
             for start in range(0, len(triples), step):
