@@ -14,7 +14,8 @@ Design
 
     The stores live in a module-level registry by name. That is deliberate: the
     store *is* the result server, so it outlives each backend instance, as a Redis
-    server outlives its clients. A forked child gets a private copy.
+    server outlives its clients. A forked child starts with no stores: an
+    in-process store cannot be shared between processes.
 
 Capabilities
     push ``wait`` (woken by ``set``); not durable (the store dies with the process).
@@ -22,6 +23,7 @@ Capabilities
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -64,6 +66,16 @@ def _store_for(url: str) -> MemoryStore:
     name = urlsplit(url).netloc
     with _stores_lock:
         return _stores.setdefault(name, MemoryStore())
+
+
+def _forget_stores_after_fork() -> None:
+    # A lock held by another thread at fork time would stay locked in the child.
+    global _stores_lock
+    _stores_lock = threading.Lock()
+    _stores.clear()
+
+
+os.register_at_fork(after_in_child=_forget_stores_after_fork)
 
 
 class MemoryResultBackend(ResultBackend):

@@ -17,8 +17,8 @@ Design
     name. That registry is the one piece of module state, and it is deliberate: the
     store *is* the broker, so it must outlive any transport instance, exactly as a
     Redis server outlives a client (close a transport, open another on the same URL,
-    and the messages are still there). A forked child starts with a copy it does not
-    share with its parent, like any in-process store.
+    and the messages are still there). A forked child starts with no brokers: an
+    in-process store cannot be shared between processes.
 
     One lock guards the whole broker, and one condition variable on that lock wakes
     consumers when a message becomes ready. Each queue holds:
@@ -53,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -115,6 +116,7 @@ class MemoryBroker:
     # Every method below expects ``self.cond`` to be held by the caller.
 
     def queue(self, name: str) -> _Queue:
+        """The queue called ``name``, created on first use."""
         return self.queues.setdefault(name, _Queue())
 
     def put(self, msg: _Message, delay: float) -> None:
@@ -144,6 +146,7 @@ class MemoryBroker:
                     heapq.heappush(q.ready, (-msg.priority, msg.seq, msg.gen, msg))
 
     def lease(self, q: _Queue, visibility_timeout: float) -> _Message | None:
+        """Lease the first ready message of ``q`` under a fresh token, if any."""
         while q.ready:
             _, _, gen, msg = heapq.heappop(q.ready)
             if msg.gen == gen and msg.state == "ready":
@@ -154,6 +157,7 @@ class MemoryBroker:
         return None
 
     def extend(self, q: _Queue, msg: _Message, visibility_timeout: float) -> None:
+        """(Re)start the lease of ``msg`` at ``visibility_timeout`` from now."""
         msg.gen += 1
         msg.due = time.monotonic() + visibility_timeout
         heapq.heappush(q.leases, (msg.due, msg.seq, msg.gen, msg))
@@ -177,11 +181,13 @@ class MemoryBroker:
         return None
 
     def remove(self, msg: _Message) -> None:
+        """Forget ``msg`` (acked or dead-lettered)."""
         msg.state, msg.token = "gone", None
         msg.gen += 1
         self.queue(msg.queue).live.discard(msg)
 
     def new_message(self, m: OutgoingMessage) -> _Message:
+        """The broker's record of an outgoing message, numbered in publish order."""
         return _Message(m.queue, m.message_id, m.body, dict(m.headers), m.priority, next(self._seq))
 
 
@@ -195,6 +201,17 @@ def broker_for(url: str) -> MemoryBroker:
     name = urlsplit(url).netloc
     with _brokers_lock:
         return _brokers.setdefault(name, MemoryBroker())
+
+
+def _forget_brokers_after_fork() -> None:
+    # A lock held by another thread at fork time would stay locked forever in the
+    # child; the parent's messages are not the child's anyway.
+    global _brokers_lock
+    _brokers_lock = threading.Lock()
+    _brokers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_brokers_after_fork)
 
 
 class _MemorySubscription(Subscription):
