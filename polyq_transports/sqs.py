@@ -16,7 +16,8 @@ query string or from ``broker_transport_options`` (the query string wins)::
 and the credentials may not create any), ``visibility_timeout`` (default 1800 s),
 ``wait_time_seconds`` (longest single long poll, default 20), ``max_native_delay``
 (default 900: the longest delay SQS is asked to hold; see *Delays*),
-``message_group_id`` (default group of FIFO queues), ``profile_name``,
+``message_group_id`` (default group of FIFO queues), ``max_message_size`` (see
+*The wire format*), ``profile_name``,
 ``aws_access_key_id``/``aws_secret_access_key``/``aws_session_token``,
 ``connect_timeout``/``read_timeout``/``max_attempts`` (botocore's), and the
 broadcast options below. Credentials are never printed: error messages quote the
@@ -33,10 +34,17 @@ An SQS message body is text, and a message has at most 10 attributes, so each
 message travels as one JSON envelope in the body: ``{"polyq_sqs": 1, "id":
 message id, "h": headers, "t": body}``, with the body as text when it is valid
 UTF-8 and as ``"b": base64`` otherwise (msgpack). No message attributes are used,
-so headers are unlimited in number and nothing is lost in translation. A message
-whose envelope is larger than the queue's own ``MaximumMessageSize`` (read with
-``GetQueueAttributes``: 256 KiB by default, up to 1 MiB) raises
+so headers are unlimited in number and nothing is lost in translation.
+
+Sizes: the limit is the queue's own ``MaximumMessageSize``, read with
+``GetQueueAttributes`` (256 KiB by default on AWS, up to 1 MiB; queues polyq creates
+get the ``max_message_size`` option, default 262144, and dead-letter queues 1 MiB so a
+reason always fits). As base64 makes a binary body a third larger, polyq allows a
+message whose body, id and headers together are at most ``(MaximumMessageSize -
+1024) * 3 / 4`` bytes (195,840 on a default queue), whatever its content, and
+declares that as ``max_message_size``; a larger one raises
 :class:`~polyq.exceptions.MessageTooLarge` before anything of the batch is sent.
+Large payloads belong elsewhere (S3), passed by reference.
 A message that is not a polyq envelope is delivered with its raw body and no
 headers, so the core dead-letters it with a reason instead of losing it.
 
@@ -193,10 +201,19 @@ def _base(name: str) -> str:
 
 def _encode(fields: dict[str, Any], body: bytes) -> str:
     """The envelope as SQS-safe text (see the module docstring)."""
+    encoded = base64.b64encode(body).decode("ascii")
     try:
-        fields["t"] = body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
-        fields["b"] = base64.b64encode(body).decode("ascii")
+        fields["b"] = encoded
+    else:
+        # Text travels as is unless JSON's escapes (control characters) make it
+        # longer than base64, which keeps every body within 4/3 of its size.
+        quoted = json.dumps(text, ensure_ascii=False)
+        if len(quoted.encode("utf-8")) <= len(encoded) + 2:
+            fields["t"] = text
+        else:
+            fields["b"] = encoded
     text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     # json escapes control characters; these two noncharacters are valid UTF-8 but
     # outside the character set SQS accepts, and occur only inside JSON strings.
@@ -677,6 +694,7 @@ class SQSTransport(Transport):
                 return
 
     def _delete(self, url: str, handles: Sequence[str]) -> None:
+        handles = list(dict.fromkeys(handles))  # a batch may not name a message twice
         for i in range(0, len(handles), _BATCH):
             chunk = handles[i : i + _BATCH]
             try:
