@@ -242,7 +242,8 @@ class Monitor:
         """Everything known of one task: events plus its backend record."""
         info = self.state.task(task_id)
         record = self.backend_records([task_id]).get(task_id)
-        if info is None and record is None:
+        revoked = bool(self.app.backend.get("polyq-revoked-" + task_id))
+        if info is None and record is None and not revoked:
             return None
         out: dict[str, Any] = info.as_dict() if info else {"uuid": task_id}
         if record:
@@ -259,7 +260,7 @@ class Monitor:
                     out[key] = repr(value) if key in ("args", "kwargs") else value
             if out.get("state") in (None, "PENDING") and record.get("status"):
                 out["state"] = record["status"]
-        out["revoked"] = bool(self.app.backend.get("polyq-revoked-" + task_id))
+        out["revoked"] = revoked
         return out
 
     def overview(self) -> dict[str, Any]:
