@@ -86,6 +86,8 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import PubSub
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -712,13 +714,26 @@ class RedisTransport(Transport):
         if not calls:
             return
         with self._errors(f"publish {len(messages)} messages"):
-            if len(calls) == 1:
-                self._publish(keys=calls[0][0], args=calls[0][1])
-                return
-            pipe = self._client.pipeline(transaction=False)
-            for keys, args in calls:
-                self._publish(keys=keys, args=args, client=pipe)
-            pipe.execute()
+            self._run([(self._publish, keys, args) for keys, args in calls])
+
+    def _run(self, calls: Sequence[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        """Run scripts in one round trip. (redis-py's pipelined scripts would cost an
+        extra ``SCRIPT EXISTS`` round trip each time; here a script missing after a
+        server restart is loaded and re-run only when Redis says so.)"""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            return [script(keys=keys, args=args)]
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):  # it did not run: safe to run now
+                script, keys, args = calls[i]
+                results[i] = script(keys=keys, args=args)
+            elif isinstance(result, Exception):
+                raise result
+        return results
 
     @staticmethod
     def _publish_args(message: OutgoingMessage) -> tuple[int, int, bytes]:
@@ -805,13 +820,12 @@ class RedisTransport(Transport):
         if not grouped:
             return
         with self._errors(f"ack {len(deliveries)} message(s)"):
-            pipe = self._client.pipeline(transaction=False)
-            for queue, args in grouped.items():
-                k = self._k(queue)
-                self._ack(
-                    keys=[k.ready, k.delayed, k.leased, k.msg, k.count], args=args, client=pipe
-                )
-            pipe.execute()
+            self._run(
+                [
+                    (self._ack, [k.ready, k.delayed, k.leased, k.msg, k.count], args)
+                    for k, args in ((self._k(q), args) for q, args in grouped.items())
+                ]
+            )
 
     def nack(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Return the message to ``ready`` (or ``delayed`` for ``delay`` seconds)."""
@@ -840,13 +854,12 @@ class RedisTransport(Transport):
         if not grouped:
             return
         with self._errors(f"extend the lease of {len(deliveries)} message(s)"):
-            pipe = self._client.pipeline(transaction=False)
-            for queue, args in grouped.items():
-                k = self._k(queue)
-                self._extend(
-                    keys=[k.ready, k.leased, k.count], args=[self._lease_ms, *args], client=pipe
-                )
-            pipe.execute()
+            self._run(
+                [
+                    (self._extend, [k.ready, k.leased, k.count], [self._lease_ms, *args])
+                    for k, args in ((self._k(q), args) for q, args in grouped.items())
+                ]
+            )
 
     # -- queues ----------------------------------------------------------------------
 

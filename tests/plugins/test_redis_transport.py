@@ -551,3 +551,22 @@ def test_closing_the_transport_ends_a_waiting_subscription(make) -> None:
     t.close()  # as a worker's shutdown does while its control thread listens
     reader.join(2)
     assert got == [None] and time.monotonic() - start < 1
+
+
+def test_scripts_flushed_by_a_restart_are_reloaded(private_redis) -> None:
+    server = private_redis()
+    t = RedisTransport(server.url, namespace="f", visibility_timeout=5)
+    admin = redis.Redis(port=server.port)
+    try:
+        t.publish([_msg("a", 1), _msg("b", 2)])
+        admin.script_flush()  # as a restart without persistence would
+        got = t.receive(["a", "b"], 10, 1)
+        assert len(got) == 2
+        admin.script_flush()
+        t.extend_lease(got)  # two queues: one pipelined round trip
+        admin.script_flush()
+        t.ack(got)
+        assert t.size("a") == t.size("b") == 0
+    finally:
+        t.close()
+        admin.close()
