@@ -7,9 +7,10 @@ import dataclasses
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from polyq.transport import Delivery, OutgoingMessage, ScheduledMessage
+from polyq.exceptions import MessageTooLarge
+from polyq.transport import Capabilities, Delivery, OutgoingMessage, ScheduledMessage
 from polyq_backends.memory import MemoryResultBackend
 from polyq_transports.memory import MemoryTransport
 
@@ -80,6 +81,28 @@ class DropsHeaders(MemoryTransport):
 
     def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
         super().publish([dataclasses.replace(m, headers={}) for m in messages], **kwargs)
+
+
+class SizeLimited(MemoryTransport):
+    """Correct: a 64 KiB limit, declared and enforced (exercises the size tests)."""
+
+    capabilities: ClassVar[Capabilities] = dataclasses.replace(
+        MemoryTransport.capabilities, max_message_size=64 * 1024
+    )
+
+    def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
+        limit = self.capabilities.max_message_size or 0
+        for m in messages:
+            size = len(m.body) + sum(len(k) + len(v.encode()) for k, v in m.headers.items())
+            if size > limit:
+                raise MessageTooLarge(f"message {m.message_id} is {size} bytes; limit {limit}")
+        super().publish(messages, **kwargs)
+
+
+class IgnoresSizeLimit(MemoryTransport):
+    """Declares a 64 KiB limit but sends larger messages anyway."""
+
+    capabilities: ClassVar[Capabilities] = SizeLimited.capabilities
 
 
 class CountsRepeats(MemoryResultBackend):

@@ -344,7 +344,7 @@ class TransportSuite:
         held = _receive_one(transport, [queue], self.slack)
         assert held is not None
         other = connect()
-        step = self.visibility_timeout / 3
+        step = self.visibility_timeout / 4
         until = time.monotonic() + 2.5 * self.visibility_timeout
         while time.monotonic() < until:
             transport.extend_lease([held])
