@@ -59,7 +59,9 @@ State
 -----
 ``<prefix>state-<entry>`` holds, per entry, the last run's scheduled time, when
 and by which beat it was sent, its task id and a run count (JSON). ``polyq beat
---list`` and :func:`status` (for the dashboard) read it.
+--list`` and :func:`status` (for the dashboard) read it. The leader also calls the
+backend's ``cleanup()`` once an hour (Celery's beat runs ``backend_cleanup``), so
+expired run keys and results do not pile up in stores without native expiry.
 
 Settings: ``beat_schedule``, ``beat_lease_time`` (seconds, default 10),
 ``beat_missed_policy``, ``beat_max_loop_interval`` (longest sleep, default 5 s),
@@ -129,6 +131,8 @@ _ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options"})
 #: Most on-time runs of one entry sent in one pass (a 1 ms interval is a mistake).
 _MAX_RUNS_PER_PASS = 1000
 _UTC = datetime.UTC
+#: Seconds between the leader's backend cleanups.
+_CLEANUP_EVERY = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +306,7 @@ class Beat:
         self._started_at: float | None = None
         self._stop = threading.Event()
         self._failed = False
+        self._next_cleanup = 0.0
         #: The thread running :meth:`run` when started by :func:`start_embedded`.
         self.thread: threading.Thread | None = None
 
@@ -528,6 +533,21 @@ class Beat:
                 cursor = max(cursor, now)
             self._cursors[entry.name] = cursor
 
+    def _cleanup(self) -> None:
+        """Delete expired keys (this beat's run keys, expired results) once an hour,
+        as Celery's beat runs ``backend_cleanup``: stores without native expiry
+        (SQL) would otherwise keep them until ``polyq db cleanup``."""
+        if time.monotonic() < self._next_cleanup:
+            return
+        self._next_cleanup = time.monotonic() + _CLEANUP_EVERY
+        try:
+            removed = self.app.backend.cleanup()
+        except Exception as exc:
+            logger.warning("beat: backend cleanup failed: %s", redact(str(exc)))
+            return
+        if removed:
+            logger.info("beat: deleted %d expired record(s) from the backend", removed)
+
     def tick(self) -> float:
         """One pass: keep the lease, send what is due; return seconds to sleep."""
         now = self._clock()
@@ -538,6 +558,7 @@ class Beat:
         if self._slot(now) in self._owned:
             try:
                 self._run_due(now)
+                self._cleanup()
             except _LostLease:
                 logger.warning("beat %s lost the lead; not sending", self.name)
                 self._owned.clear()
