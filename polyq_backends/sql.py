@@ -283,8 +283,24 @@ class SQLResultBackend(ResultBackend):
     # -- schema ------------------------------------------------------------------
 
     def ensure_schema(self) -> None:
-        """Create the tables unless this instance already knows they exist."""
-        if not self._schema_ready:
+        """Create the tables unless they exist (checked once per instance, by a
+        read that takes no write lock: a worker starting while another process
+        holds SQLite's write lock does not wait for it)."""
+        if self._schema_ready:
+            return
+        meta = self.tables.meta
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(polyq_read_only=True)
+                with conn.begin():
+                    found = conn.execute(
+                        sa.select(meta.c.value).where(meta.c.name == "backend_schema_version")
+                    ).scalar()
+        except sa.exc.DBAPIError:  # no tables yet, or no database: create_schema says
+            found = None
+        if found is not None and int(found) == SCHEMA_VERSION:
+            self._schema_ready = True
+        else:
             self.create_schema()
 
     def create_schema(self) -> None:

@@ -1,0 +1,390 @@
+"""SQL-transport behaviour beyond the conformance suite: query plans, several
+processes on one SQLite file, fork safety, table prefixes, transactional
+enqueue, schema versions, idle cost and crash durability.
+
+SQLite runs on a temporary file; PostgreSQL and MySQL/MariaDB run on the shared
+servers (``POLYQ_TEST_POSTGRES_URL`` / ``POLYQ_TEST_MYSQL_URL``) in tables with a
+unique prefix, dropped after each test.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.registry import create_transport
+from polyq.testing import services
+from polyq.transport import OutgoingMessage
+from polyq_transports.sql import SQLTransport, engine_url
+
+
+def _msg(queue: str, **fields: object) -> OutgoingMessage:
+    fields.setdefault("message_id", str(uuid.uuid4()))
+    return OutgoingMessage(queue=queue, body=b"body", **fields)  # type: ignore[arg-type]
+
+
+def _prefix() -> str:
+    return f"pqs{uuid.uuid4().hex[:8]}_"
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return services.sqlite_url(tmp_path)
+    if request.param == "postgres":
+        return services.postgres_url()
+    return services.mysql_url()
+
+
+@pytest.fixture
+def make(db_url: str) -> Iterator[object]:
+    """A factory of transports on ``db_url`` sharing one fresh table prefix."""
+    prefix = _prefix()
+    opened: list[SQLTransport] = []
+
+    def make(**options: object) -> SQLTransport:
+        t = create_transport(db_url, table_prefix=prefix, visibility_timeout=1.0, **options)
+        assert isinstance(t, SQLTransport)
+        opened.append(t)
+        return t
+
+    yield make
+    if opened:
+        opened[0].drop_schema()
+    for t in opened:
+        t.close()
+
+
+# -- query plans -------------------------------------------------------------------
+
+
+def _fill(t: SQLTransport, queue: str, count: int) -> None:
+    for start in range(0, count, 500):
+        t.publish([_msg(queue, priority=i % 10) for i in range(start, min(count, start + 500))])
+    # Delayed and leased rows too: the claim must skip them through the index.
+    t.publish([_msg(queue, delay=3600) for _ in range(200)])
+
+
+def _plan(t: SQLTransport, sql: str, params: tuple[object, ...]) -> str:
+    prefix = {"sqlite": "EXPLAIN QUERY PLAN ", "postgresql": "EXPLAIN "}.get(t.dialect, "EXPLAIN ")
+    with t.engine.connect() as conn:
+        if t.dialect == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {t.tables.messages.name}")
+        rows = conn.exec_driver_sql(prefix + sql, params).all()
+    return "\n".join(" | ".join(str(v) for v in row) for row in rows)
+
+
+def test_claim_query_reads_the_claim_index_in_order(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    queue = "plan"
+    _fill(t, queue, 3000)
+    assert t.receive([queue], 5, 0)  # some rows leased as well
+    claim = t._sql("claim")
+    if t.dialect in ("sqlite", "postgresql"):
+        # The sub-select that picks the rows (the UPDATE around it is by primary key).
+        pick = claim[claim.index("SELECT") : claim.rindex(")")]
+        params: tuple[object, ...] = (queue, 10)
+    else:
+        pick = claim
+        params = (queue, 10)
+    plan = _plan(t, pick, params)
+    index = f"{t.prefix}messages_claim"
+    assert index in plan, f"the claim does not use {index}:\n{plan}"
+    if t.dialect == "sqlite":
+        assert "TEMP B-TREE" not in plan, f"the claim sorts its rows:\n{plan}"
+    elif t.dialect == "postgresql":
+        assert "Sort" not in plan and "Seq Scan" not in plan, plan
+    else:
+        assert "filesort" not in plan.lower(), plan
+
+
+def test_promotion_and_idle_probe_use_the_due_index(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    _fill(t, "due", 2000)
+    index = f"{t.prefix}messages_due"
+    promote = _plan(t, t._sql("promote", 1), ("due", time.time()))
+    assert index in promote, promote
+    probe = _plan(t, t._sql("next_due", 1), (0, "due", 0, 1, "due", 1, 2, "due", 2))
+    if t.dialect == "sqlite":
+        assert "SCAN" not in probe.replace("SCAN CONSTANT ROW", ""), probe
+    elif t.dialect == "postgresql":
+        assert "Seq Scan" not in probe, probe
+
+
+# -- several processes on one SQLite file -------------------------------------------
+
+
+def _consume(url: str, prefix: str, queue: str, out: object, produced: object) -> None:
+    t = create_transport(url, table_prefix=prefix, visibility_timeout=30)
+    t.size(queue)
+    out.put("ready")  # type: ignore[attr-defined]
+    seen: list[str] = []
+    while True:
+        got = t.receive([queue], 7, 0.2)
+        if got:
+            seen.extend(d.message_id for d in got)
+            time.sleep(0.005)  # "work", so that every worker gets a share
+            t.ack(got)
+        elif produced.is_set():  # type: ignore[attr-defined]
+            break
+    t.close()
+    out.put(seen)  # type: ignore[attr-defined]
+
+
+def _produce(url: str, prefix: str, queue: str, count: int) -> None:
+    t = create_transport(url, table_prefix=prefix)
+    for i in range(0, count, 10):
+        t.publish([_msg(queue, message_id=f"{os.getpid()}-{i + j}") for j in range(10)])
+    t.close()
+
+
+def test_three_worker_processes_share_one_file_without_double_delivery(tmp_path: Path) -> None:
+    url, prefix, queue = services.sqlite_url(tmp_path), _prefix(), "shared"
+    create_transport(url, table_prefix=prefix).close()  # tables first (not required)
+    ctx = multiprocessing.get_context("fork")
+    out, produced = ctx.Queue(), ctx.Event()
+    producers = [ctx.Process(target=_produce, args=(url, prefix, queue, 300)) for _ in range(2)]
+    consumers = [
+        ctx.Process(target=_consume, args=(url, prefix, queue, out, produced)) for _ in range(3)
+    ]
+    for p in consumers:
+        p.start()
+    try:
+        assert [out.get(timeout=60) for _ in consumers] == ["ready"] * 3
+        for p in producers:
+            p.start()
+        for p in producers:
+            p.join(60)
+        produced.set()
+        results = [out.get(timeout=60) for _ in consumers]
+    finally:
+        for p in producers + consumers:
+            if p.pid is None:
+                continue
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    counts = Counter(m for seen in results for m in seen)
+    assert len(counts) == 600, f"{600 - len(counts)} messages never delivered"
+    assert max(counts.values()) == 1, "a message was delivered twice"
+    assert all(seen for seen in results), "a worker process got nothing: claims are not shared"
+
+
+# -- fork safety ----------------------------------------------------------------------
+
+
+def test_instance_survives_fork(tmp_path: Path) -> None:
+    t = create_transport(services.sqlite_url(tmp_path))
+    t.publish([_msg("fork"), _msg("fork")])
+    assert len(t.receive(["fork"], 1, 0)) == 1  # the pool now holds a connection
+    pid = os.fork()
+    if pid == 0:  # child: the inherited instance must open its own connections
+        code = 1
+        try:
+            got = t.receive(["fork"], 1, 0)
+            t.ack(got)
+            code = 0 if len(got) == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert t.size("fork") == 1  # the parent's connections still work
+    t.close()
+
+
+# -- table prefixes, URLs, schema versions --------------------------------------------
+
+
+def test_table_prefixes_are_independent(tmp_path: Path) -> None:
+    url = services.sqlite_url(tmp_path)
+    a = create_transport(url, table_prefix="app_a_")
+    b = create_transport(f"{url}?table_prefix=app_b_")
+    a.publish([_msg("q")])
+    assert a.size("q") == 1
+    assert b.size("q") == 0
+    names = sa.inspect(a.engine).get_table_names()  # type: ignore[attr-defined]
+    assert "app_a_messages" in names and "app_b_messages" in names
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("bad", ["1abc", "a-b", "x" * 40, "drop table;"])
+def test_bad_prefix_is_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="table_prefix"):
+        create_transport(services.sqlite_url(tmp_path), table_prefix=bad)
+
+
+def test_urls_get_explicit_drivers_and_lose_polyq_options() -> None:
+    url = engine_url("postgresql://u:pw@h/db?table_prefix=x_&visibility_timeout=5&sslmode=require")
+    assert url.drivername == "postgresql+psycopg"
+    assert dict(url.query) == {"sslmode": "require"}
+    assert engine_url("mysql://root@h/db").drivername == "mysql+pymysql"
+    assert engine_url("mariadb://root@h/db").drivername == "mariadb+pymysql"
+    assert engine_url("postgres://h/db").drivername == "postgresql+psycopg"
+    with pytest.raises(ConfigurationError, match="in-memory"):
+        engine_url("sqlite://")
+
+
+def test_errors_name_the_database_without_its_password() -> None:
+    t = create_transport("postgresql://polyq:s3cret-pw@127.0.0.1:1/nodb?connect_timeout=2")
+    with pytest.raises(BrokerError) as info:
+        t.publish([_msg("q")])
+    assert "s3cret-pw" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+    t.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = services.sqlite_url(tmp_path)
+    t = create_transport(url)
+    t.create_schema()  # type: ignore[attr-defined]
+    meta = t.tables.meta  # type: ignore[attr-defined]
+    with t.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(sa.update(meta).values(value="99"))
+    with pytest.raises(ConfigurationError, match="newer"):
+        create_transport(url).size("q")
+    t.close()
+
+
+# -- leases ---------------------------------------------------------------------------
+
+
+def test_late_ack_of_a_lost_lease_does_not_remove_the_redelivery(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    t.publish([_msg("lease")])
+    first = t.receive(["lease"], 1, 0)
+    time.sleep(1.1)
+    second = t.receive(["lease"], 1, 2)
+    assert second and second[0].delivery_count == 2
+    t.ack(first)  # the first holder finished late: a no-op
+    t.extend_lease(first)
+    t.nack(first[0])
+    assert t.size("lease") == 1
+    assert t.receive(["lease"], 1, 0) == [], "the stale nack released the new lease"
+    t.ack(second)
+    assert t.size("lease") == 0
+
+
+def test_extend_lease_takes_back_an_ended_unclaimed_lease(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    t.publish([_msg("lease")])
+    held = t.receive(["lease"], 1, 0)
+    time.sleep(1.1)  # lease ended, nobody claimed it yet
+    t.extend_lease(held)
+    assert t.receive(["lease"], 1, 0.3) == []
+    t.ack(held)
+    assert t.size("lease") == 0
+
+
+def test_extend_lease_and_ack_take_a_batch(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    t.publish([_msg("batch") for _ in range(30)])
+    held = t.receive(["batch"], 30, 0)
+    assert len(held) == 30
+    time.sleep(0.6)
+    t.extend_lease(held)
+    time.sleep(0.6)  # past the first lease, within the extended one
+    assert t.receive(["batch"], 30, 0) == []
+    t.ack(held)
+    assert t.size("batch") == 0
+
+
+# -- transactional enqueue ----------------------------------------------------------
+
+
+def test_publish_joins_the_callers_transaction(make: object, db_url: str) -> None:
+    t = make()  # type: ignore[operator]
+    other = make()  # type: ignore[operator]
+    t.create_schema()
+    app_engine = sa.create_engine(engine_url(db_url))
+    try:
+        with app_engine.connect() as conn:
+            conn.begin()
+            t.publish([_msg("tx")], connection=conn)
+            assert other.size("tx") == 0, "visible before the caller's commit"
+            conn.rollback()
+        assert other.size("tx") == 0, "published although the caller rolled back"
+        with Session(app_engine) as session, session.begin():
+            t.publish([_msg("tx", headers={"via": "session"})], connection=session)
+        got = other.receive(["tx"], 10, 2)
+        assert [d.headers for d in got] == [{"via": "session"}]
+        other.ack(got)
+    finally:
+        app_engine.dispose()
+
+
+def test_publish_refuses_a_foreign_connection(tmp_path: Path) -> None:
+    t = create_transport(services.sqlite_url(tmp_path))
+    with pytest.raises(ConfigurationError, match="Connection or Session"):
+        t.publish([_msg("q")], connection=object())
+    t.close()
+
+
+# -- idle cost --------------------------------------------------------------------------
+
+
+def test_idle_receive_polls_gently(tmp_path: Path) -> None:
+    t = create_transport(services.sqlite_url(tmp_path))
+    assert isinstance(t, SQLTransport)
+    calls = Counter[str]()
+    for name in ("_claim", "_next_due"):
+        original = getattr(t, name)
+
+        def counted(*args: object, _name: str = name, _original: object = original) -> object:
+            calls[_name] += 1
+            return _original(*args)  # type: ignore[operator]
+
+        setattr(t, name, counted)
+    start = time.monotonic()
+    assert t.receive(["idle"], 10, 3.0) == []
+    elapsed = time.monotonic() - start
+    per_second = (calls["_claim"] + calls["_next_due"]) / elapsed
+    assert calls["_claim"] == 1, "an idle receive took the write lock more than once"
+    assert per_second <= 12, f"an idle consumer made {per_second:.1f} queries/s"
+    t.close()
+
+
+# -- crash durability -------------------------------------------------------------------
+
+
+def _publish_then_die(url: str, queue: str) -> None:
+    t = create_transport(url)
+    t.publish([_msg(queue) for _ in range(50)])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _receive_then_die(url: str, queue: str) -> None:
+    t = create_transport(url, visibility_timeout=1.0)
+    assert len(t.receive([queue], 50, 5)) == 50
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_killed_processes_lose_nothing(tmp_path: Path) -> None:
+    url, queue = services.sqlite_url(tmp_path), "crash"
+    ctx = multiprocessing.get_context("fork")
+    for target in (_publish_then_die, _receive_then_die):
+        p = ctx.Process(target=target, args=(url, queue))
+        p.start()
+        p.join(30)
+        assert p.exitcode == -signal.SIGKILL
+    t = create_transport(url, visibility_timeout=5)
+    assert t.size(queue) == 50  # published, then leased by the killed worker
+    got: list = []
+    deadline = time.monotonic() + 5
+    while len(got) < 50 and time.monotonic() < deadline:
+        got += t.receive([queue], 50, 1)
+    assert len(got) == 50, "messages held by a killed worker did not come back"
+    assert {d.delivery_count for d in got} == {2}
+    t.ack(got)
+    t.close()
