@@ -14,10 +14,12 @@ The contract asks for four things at once: priorities, delays that never block
 behind each other, a lease that the worker *extends*, and a delivery count. A
 plain list gives none of them without side structures (kombu's ``BRPOP`` then
 ``unacked`` hash loses a message if the worker dies between the two steps). A
-Stream gives leases and counts through its pending list, but has no priorities,
-no delays, and ``XCLAIM`` re-reads whole entries to extend a lease. So every queue
-``Q`` is a handful of keys under ``{namespace}:{Q}:`` (the ``{Q}`` hash tag keeps
-them in one slot):
+Stream gives leases and counts through its pending list, but no priorities (one
+stream per priority, read in turn) and no delays (a sorted set beside it anyway),
+and taking back lapsed leases (``XAUTOCLAIM``) is a second round trip beside
+``XREADGROUP``. With sorted sets, one script does all of it in one round trip.
+Every queue ``Q`` is a handful of keys under ``{namespace}:{Q}:`` (the ``{Q}``
+hash tag keeps them in one slot):
 
 * ``ready``   sorted set, member ``"<priority>:<seq>"``, score
   ``(9 - priority) * 2**40 + seq``: ``ZPOPMIN`` takes the highest priority, oldest
@@ -26,7 +28,9 @@ them in one slot):
 * ``leased``  sorted set scored by the lease deadline (ms, Redis server clock).
 * ``msg``     hash member -> payload (message id, headers, body); written once.
 * ``count``   hash member -> deliveries so far; the receipt carries the count it
-  was delivered with, which fences late acks/nacks of a lease that ran out.
+  was delivered with, which fences a late ack/nack/dead-letter from a holder
+  whose lease ran out and whose message went to someone else. ``extend_lease``
+  takes back a lapsed lease whose message was not handed out again.
 * ``dead`` (sorted set by failure time) and ``deadinfo`` (member -> reason).
 * ``notify``  a list holding at most one token while ``ready`` is not empty.
 * ``seq``     a counter giving each message its place in line.
@@ -221,7 +225,11 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
     if ";" in url:  # Celery: sentinel://h1:26379;sentinel://h2:26379
         for extra in url.split(";")[1:]:
             hosts += _split_url(extra)[3]
-    tls = scheme.startswith("rediss") or options.get("ssl") is True
+    # TLS: the rediss scheme, or ssl=True / an ssl dict / Celery's broker_use_ssl dict
+    tls = scheme.startswith("rediss") or any(
+        options.get(key) is True or (isinstance(options.get(key), Mapping) and options[key])
+        for key in ("ssl", "broker_use_ssl")
+    )
     if "db" in options:
         db = int(options["db"])
     kwargs: dict[str, Any] = {

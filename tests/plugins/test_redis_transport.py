@@ -384,13 +384,14 @@ def test_ready_and_leased_messages_survive_a_redis_crash(private_redis) -> None:
     t = RedisTransport(server.url, namespace="dur", visibility_timeout=1)
     try:
         assert t.size("dur") == 4
-        got: list = []
+        by_id: dict[str, int] = {}
         deadline = time.monotonic() + 4
-        while len(got) < 4 and time.monotonic() < deadline:
-            got += t.receive(["dur"], 10, 1)
-        by_id = {d.message_id: d.delivery_count for d in got}
+        while len(by_id) < 4 and time.monotonic() < deadline:
+            got = t.receive(["dur"], 10, 1)
+            t.ack(got)
+            for d in got:
+                by_id.setdefault(d.message_id, d.delivery_count)
         assert by_id == {leased.message_id: 2, "id-1": 1, "id-2": 1, "id-later": 1}
-        t.ack(got)
         assert t.size("dur") == 0
     finally:
         t.close()
@@ -570,3 +571,32 @@ def test_scripts_flushed_by_a_restart_are_reloaded(private_redis) -> None:
     finally:
         t.close()
         admin.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost", ("redis", None, None, [("localhost", 6379)], 0)),
+        ("redis://:p%40ss@h:6380/2", ("redis", None, "p@ss", [("h", 6380)], 2)),
+        ("redis://user:pw@h/1?socket_timeout=3", ("redis", "user", "pw", [("h", 6379)], 1)),
+        ("redis://secret@h", ("redis", None, "secret", [("h", 6379)], 0)),
+        ("rediss://[::1]:7000/0", ("rediss", None, None, [("::1", 7000)], 0)),
+        (
+            "redis+sentinel://:pw@s1:26379,s2/3",
+            ("redis+sentinel", None, "pw", [("s1", 26379), ("s2", 26379)], 3),
+        ),
+    ],
+)
+def test_url_forms(url: str, expected: tuple) -> None:
+    assert redis_transport._split_url(url) == expected
+
+
+def test_celery_sentinel_url_lists_every_sentinel() -> None:
+    client, db = redis_transport.connect(
+        "sentinel://:pw@127.0.0.1:26379;sentinel://:pw@127.0.0.1:26380/0",
+        {"master_name": "mymaster"},
+    )
+    sentinels = client.connection_pool.sentinel_manager.sentinels
+    ports = [s.connection_pool.connection_kwargs["port"] for s in sentinels]
+    assert ports == [26379, 26380] and db == 0
+    client.close()
