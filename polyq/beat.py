@@ -585,6 +585,9 @@ class Beat:
 
     def run(self) -> None:
         """Run until :meth:`stop`; backend or broker errors are logged and retried."""
+        # Load the app's task modules: sending then applies each task's own
+        # queue, priority and expiry defaults and task_routes, as .delay() does.
+        self.app.finalize()
         if not self.entries:
             logger.warning("beat: beat_schedule is empty, nothing to send")
         logger.info(

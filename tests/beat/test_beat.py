@@ -8,6 +8,7 @@ signals.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import uuid
@@ -301,3 +302,52 @@ def test_schedule_timezone_rules():
     app.conf.timezone = "Mars/Olympus"
     with pytest.raises(ConfigurationError, match="IANA"):
         schedule_timezone(app)
+
+
+def _backend(kind, tmp_path):
+    from polyq.testing import services
+
+    if kind == "sqlite":
+        return services.sqlite_url(tmp_path)
+    return {
+        "redis": services.redis_url,
+        "postgres": services.postgres_url,
+        "mysql": services.mysql_url,
+        "dynamodb": services.dynamodb_url,
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres", "mysql", "dynamodb"])
+def test_leases_on_real_backends(kind, tmp_path):
+    """Three beats, each with its own connection to a real backend, in simulated
+    time: a leader is elected, pauses, dies; every run is sent at most once."""
+    url = _backend(kind, tmp_path)
+    tag = uuid.uuid4().hex[:8]
+    apps = []
+    for _ in range(3):
+        app = Polyq(f"beat{tag}", broker=f"memory://{tag}", backend=url)
+        app.conf.beat_schedule = {"tick": {"task": "t.tick", "schedule": 1.0}}
+        app.conf.beat_key_prefix = f"t{tag}-"
+        apps.append(app)
+    clock = Clock(T0 + 0.3)
+    beats = [Beat(app, clock=clock, name=f"b{i}", lease_time=2.0) for i, app in enumerate(apps)]
+    try:
+        simulate(clock, beats, T0 + 4.0)
+        (first,) = [b for b in beats if b.is_leader()]
+        simulate(clock, beats, T0 + 9.0, paused={first.name})
+        (second,) = [b for b in beats if b.is_leader()]
+        assert second is not first
+        simulate(clock, beats, T0 + 12.0)  # the paused one wakes up as a follower
+        assert second.is_leader() and not first.is_leader()
+        simulate(clock, beats, T0 + 18.0, paused={second.name})  # the leader dies
+        assert sum(b.is_leader() for b in beats if b is not second) == 1
+        sent = drain(apps[0])
+        times = [s for _, s, _ in sent]
+        assert len(times) == len(set(times))
+        assert len(times) >= 18 - 2 * 2 * 2
+        assert len({who for *_, who in sent}) >= 2  # the lead changed hands
+    finally:
+        for app in apps:
+            with contextlib.suppress(Exception):
+                app.backend.delete(app.backend.keys(f"t{tag}-", 10000))
+            app.close()
