@@ -114,11 +114,11 @@ def test_wait_is_woken_by_set(make) -> None:
     timer.start()
     start = time.monotonic()
     assert b.wait("r", 5) == b"done"
-    assert time.monotonic() - start < 0.3
+    assert time.monotonic() - start < 1.0
     assert b.wait("r", 5) == b"done"  # already there
     start = time.monotonic()
     assert b.wait("never", 0.3) is None
-    assert 0.29 <= time.monotonic() - start < 0.5
+    assert 0.29 <= time.monotonic() - start < 1.2
     timer.join()
 
 
@@ -145,7 +145,7 @@ def test_wait_latency_and_many_waiters(make) -> None:
         timer.start()
         assert b.wait(f"lat{i}", 2) == b"x"
         latencies.append(time.perf_counter() - start)
-    assert statistics.median(latencies) < 0.02
+    assert statistics.median(latencies) < 0.05
 
 
 def test_waits_do_not_cross_databases(make, url: str) -> None:

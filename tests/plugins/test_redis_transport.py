@@ -182,7 +182,7 @@ def test_short_delay_is_not_blocked_behind_a_long_one(make) -> None:
     got = t.receive(["d"], 10, 2.0)
     elapsed = time.monotonic() - start
     assert [d.message_id for d in got] == ["id-soon"]
-    assert 0.25 <= elapsed < 0.6, elapsed
+    assert 0.25 <= elapsed < 1.2, elapsed
     assert t.size("d") == 2  # the hour-long one waits; the leased one counts
     assert t.purge("d") == 1
 
@@ -195,7 +195,7 @@ def test_blocked_receive_wakes_on_publish(make) -> None:
     start = time.monotonic()
     got = t.receive(["w"], 10, 5.0)
     assert [d.message_id for d in got] == ["id-1"]
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 1.0
     timer.join()
 
 
@@ -204,15 +204,15 @@ def test_receive_wait_longer_than_socket_timeout(make) -> None:
     t = make(socket_timeout=0.5)
     start = time.monotonic()
     assert t.receive(["idle"], 10, 1.3) == []
-    assert 1.25 <= time.monotonic() - start < 1.6
+    assert 1.25 <= time.monotonic() - start < 2.5
 
 
 def test_lease_expiry_redelivers_with_count(make) -> None:
-    t = make(visibility_timeout=0.5)
+    t = make(visibility_timeout=1.0)
     t.publish([_msg("l", 1)])
     (first,) = t.receive(["l"], 1, 1)
     assert t.receive(["l"], 1, 0.2) == []  # invisible while leased
-    (again,) = t.receive(["l"], 1, 1.5)
+    (again,) = t.receive(["l"], 1, 2.5)
     assert again.message_id == "id-1" and again.delivery_count == 2
     t.ack([first])  # late ack of the lapsed lease: fenced, not an error
     assert t.size("l") == 1
@@ -222,11 +222,11 @@ def test_lease_expiry_redelivers_with_count(make) -> None:
 
 
 def test_extend_lease_keeps_message_invisible(make) -> None:
-    t = make(visibility_timeout=0.5)
+    t = make(visibility_timeout=1.0)
     t.publish([_msg("x", 1)])
     (held,) = t.receive(["x"], 1, 1)
     for _ in range(4):
-        time.sleep(0.25)
+        time.sleep(0.4)
         t.extend_lease([held])
     assert t.receive(["x"], 1, 0.1) == []
     t.ack([held])
@@ -255,7 +255,7 @@ def test_nack_and_delayed_nack(make) -> None:
     assert [s.message_id for s in t.scheduled("n")] == ["id-1"]
     start = time.monotonic()
     (d,) = t.receive(["n"], 1, 2)
-    assert 0.25 <= time.monotonic() - start < 0.6
+    assert 0.25 <= time.monotonic() - start < 1.2
     assert d.delivery_count == 3
     t.ack([d])
 
