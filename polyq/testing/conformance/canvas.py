@@ -293,7 +293,12 @@ class CanvasStressSuite(_CanvasBase):
         parent = result.parent
         assert isinstance(parent, GroupResult)
         group_id, last = parent.id, parent.results[2].id
-        _wait_for(lambda: len(read_log(log)) >= 2, TIMEOUT, "the first two header tasks")
+        _wait_for(
+            lambda: parent.results[0].ready() and parent.results[1].ready(),
+            TIMEOUT,
+            "the first two header tasks",
+        )
+        time.sleep(1.0)  # their workers count them just after storing their results
         # The last member's worker stored its result, counted it, and died before
         # publishing the callback: the chord is complete in the store, not fired.
         store_state(app, last, states.SUCCESS, 6)
