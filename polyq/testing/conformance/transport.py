@@ -88,6 +88,12 @@ def _eventually(read: Callable[[], Any], expected: Any, timeout: float = 3.0) ->
         time.sleep(0.1)
 
 
+def _delays(t: Transport, seconds: float) -> bool:
+    """Whether ``t`` holds a ``seconds`` delay natively."""
+    max_delay = t.capabilities.max_delay
+    return max_delay is None or max_delay >= seconds
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,8 +200,7 @@ class TransportSuite:
 
     def require_delay(self, t: Transport, seconds: float = 1.0) -> None:
         """Skip unless the transport delays ``seconds`` natively."""
-        max_delay = t.capabilities.max_delay
-        self.require(t, "max_delay", max_delay is None or max_delay >= seconds)
+        self.require(t, "max_delay", _delays(t, seconds))
 
     # -- basics and fidelity (contract point 10) -------------------------------------
 
@@ -580,7 +585,7 @@ class TransportSuite:
         transport.ack([got])
 
     def test_size_counts_ready_delayed_and_leased(self, transport: Transport, queue: str) -> None:
-        delayed = transport.capabilities.max_delay != 0
+        delayed = _delays(transport, 30.0)
         messages = [_message(queue), _message(queue)]
         if delayed:
             messages.append(_message(queue, delay=30.0))
@@ -596,7 +601,7 @@ class TransportSuite:
 
     def test_purge_removes_ready_and_delayed(self, transport: Transport, queue: str) -> None:
         messages = [_message(queue), _message(queue)]
-        if transport.capabilities.max_delay != 0:
+        if _delays(transport, 30.0):
             messages.append(_message(queue, delay=30.0))
         transport.publish(messages)
         assert _eventually(lambda: transport.size(queue), len(messages)) == len(messages)
