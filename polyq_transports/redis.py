@@ -41,7 +41,8 @@ lose it. ``receive`` runs one script that first moves due delayed messages and
 expired leases back to ``ready`` (the count is raised when they are delivered
 again), then pops and leases a batch and returns it in the same round trip.
 When nothing is ready the consumer blocks on ``BLPOP`` of the ``notify`` lists
-(no polling), no longer than ``wait`` and no longer than until the next delayed
+(no polling), pipelined with the receive script so that Redis runs the script the
+moment it wakes, no longer than ``wait`` and no longer than until the next delayed
 message or lease deadline the script reported; a publish pushes a token when it
 makes something ready or brings the next due time forward, so a 1 s countdown
 sent after a 1 h one is woken for after 1 s. A consumer that leaves messages in
@@ -777,11 +778,10 @@ class RedisTransport(Transport):
         notify = keys[5::6]
         args = [len(order), max_messages, self._lease_ms]
         deadline = time.monotonic() + max(0.0, wait)
-        while True:
-            with self._errors(f"receive from {', '.join(order)}"):
-                reply = self._receive(keys=keys, args=args)
-            if len(reply) > 2:
-                return self._deliveries(order, reply)
+        what = f"receive from {', '.join(order)}"
+        with self._errors(what):
+            reply = self._receive(keys=keys, args=args)
+        while len(reply) <= 2:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -789,12 +789,22 @@ class RedisTransport(Transport):
             next_due, now = int(reply[0]), int(reply[1])
             if next_due >= 0:
                 block = min(block, max(0.0, (next_due - now) / 1000 + 0.002))
-            if block < 0.01:
-                if block <= 0.002:
-                    continue
-                block = 0.01  # BLPOP's 0 means "forever"; never send it
-            with self._errors("wait for messages"):
-                self._client.blpop(notify, timeout=round(block, 3))
+            if block < 0.01:  # BLPOP's 0 means "forever": never send it
+                with self._errors(what):
+                    reply = self._receive(keys=keys, args=args)
+                continue
+            # BLPOP and the receive script travel together: Redis runs the script
+            # the moment BLPOP returns, so a wake-up costs no extra round trip.
+            with self._errors(what):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.blpop(notify, timeout=round(block, 3))
+                pipe.evalsha(self._receive.sha, len(keys), *keys, *args)
+                _, reply = pipe.execute(raise_on_error=False)
+                if isinstance(reply, NoScriptError):
+                    reply = self._receive(keys=keys, args=args)
+                elif isinstance(reply, Exception):
+                    raise reply
+        return self._deliveries(order, reply)
 
     def _deliveries(self, order: Sequence[str], reply: list[Any]) -> list[Delivery]:
         deliveries = []
