@@ -162,7 +162,7 @@ class _Tables:
         self.results = sa.Table(
             f"{prefix}results",
             self.metadata,
-            sa.Column("key", sa.String(_KEY_LENGTH), primary_key=True),
+            sa.Column("name", sa.String(_KEY_LENGTH), primary_key=True),
             sa.Column("value", blob, nullable=False),
             sa.Column("expires_at", sa.Double, nullable=True, index=True),
             **mysql_args,
@@ -170,7 +170,7 @@ class _Tables:
         self.sets = sa.Table(
             f"{prefix}sets",
             self.metadata,
-            sa.Column("key", sa.String(_KEY_LENGTH), primary_key=True),
+            sa.Column("name", sa.String(_KEY_LENGTH), primary_key=True),
             sa.Column("size", sa.Integer, nullable=False),
             sa.Column("expires_at", sa.Double, nullable=True, index=True),
             **mysql_args,
@@ -178,8 +178,8 @@ class _Tables:
         self.members = sa.Table(
             f"{prefix}set_members",
             self.metadata,
-            sa.Column("key", sa.String(_KEY_LENGTH), primary_key=True),
-            sa.Column("member", sa.String(_KEY_LENGTH), primary_key=True),
+            sa.Column("name", sa.String(_KEY_LENGTH), primary_key=True),
+            sa.Column("item", sa.String(_KEY_LENGTH), primary_key=True),
             **mysql_args,
         )
         self.meta = sa.Table(
@@ -223,17 +223,9 @@ class SQLResultBackend(ResultBackend):
         self._listener_lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
-        r = self.tables.results
-        self._upsert = _upsert(self.dialect, r, ("value", "expires_at"))
-        self._insert_ignore_result = _insert_ignore(self.dialect, r)
-        self._insert_ignore_member = _insert_ignore(self.dialect, self.tables.members)
-        self._insert_ignore_set = _insert_ignore(self.dialect, self.tables.sets)
-        if self.dialect in ("mysql", "mariadb"):
-            # INSERT IGNORE would take a shared lock on an existing row, and two adders
-            # upgrading it to the exclusive lock of FOR UPDATE deadlock; ON DUPLICATE
-            # KEY UPDATE takes the exclusive lock at once.
-            sets = mysql.insert(self.tables.sets)
-            self._insert_ignore_set = sets.on_duplicate_key_update(size=sets.table.c.size)
+        self._is_mysql = not (self._is_pg or self._is_sqlite)
+        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        self._build_sql()
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -342,29 +334,128 @@ class SQLResultBackend(ResultBackend):
                 conn.execute(sa.delete(t.meta).where(t.meta.c.name == "backend_schema_version"))
         self._schema_ready = False
 
-    # -- key-value -----------------------------------------------------------------
+    # -- SQL -----------------------------------------------------------------------
+    #
+    # get, set, set_if_absent and add_to_set run hand-written SQL on the pooled DBAPI
+    # connection (through SQLAlchemy Core a SQLite read costs ~5x more). "?" marks
+    # become the driver's "%s" where needed.
 
-    def _live(self, expires_at: sa.ColumnElement[Any], now: float) -> sa.ColumnElement[bool]:
-        return sa.or_(expires_at.is_(None), expires_at > now)
+    def _sql(self, sql: str) -> str:
+        return sql if self._is_sqlite else sql.replace("?", "%s")
+
+    def _build_sql(self) -> None:
+        r, s, m = self.tables.results.name, self.tables.sets.name, self.tables.members.name
+        live = "(expires_at IS NULL OR expires_at > ?)"
+        lock = "" if self._is_sqlite else " FOR UPDATE"  # SQLite: the write lock
+        self._get_sql = self._sql(f"SELECT value FROM {r} WHERE name = ? AND {live}")
+        self._lock_result_sql = self._sql(f"SELECT expires_at FROM {r} WHERE name = ?{lock}")
+        self._update_result_sql = self._sql(
+            f"UPDATE {r} SET value = ?, expires_at = ? WHERE name = ?"
+        )
+        self._size_sql = self._sql(f"SELECT size, expires_at FROM {s} WHERE name = ?{lock}")
+        self._clear_set_sql = self._sql(f"DELETE FROM {m} WHERE name = ?")
+        self._resize_sql = self._sql(f"UPDATE {s} SET size = ?, expires_at = ? WHERE name = ?")
+        self._get_many_sql = f"SELECT name, value FROM {r} WHERE name IN ({{marks}}) AND {live}"
+        if self._is_mysql:
+            self._set_sql = self._sql(
+                f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) "
+                "ON DUPLICATE KEY UPDATE value = VALUES(value), expires_at = VALUES(expires_at)"
+            )
+            self._add_result_sql = self._sql(
+                f"INSERT IGNORE INTO {r} (name, value, expires_at) VALUES (?, ?, ?)"
+            )
+            # ON DUPLICATE KEY UPDATE (not INSERT IGNORE) takes the row's exclusive lock at
+            # once: two adders upgrading a shared lock would deadlock.
+            self._open_set_sql = self._sql(
+                f"INSERT INTO {s} (name, size, expires_at) VALUES (?, 0, NULL) "
+                "ON DUPLICATE KEY UPDATE size = size"
+            )
+            self._add_member_sql = self._sql(f"INSERT IGNORE INTO {m} (name, item) VALUES (?, ?)")
+        else:
+            self._set_sql = self._sql(
+                f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+            )
+            self._add_result_sql = self._sql(
+                f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+            )
+            self._open_set_sql = self._sql(
+                f"INSERT INTO {s} (name, size, expires_at) VALUES (?, 0, NULL) "
+                "ON CONFLICT DO NOTHING"
+            )
+            self._add_member_sql = self._sql(
+                f"INSERT INTO {m} (name, item) VALUES (?, ?) ON CONFLICT DO NOTHING"
+            )
+
+    @contextlib.contextmanager
+    def _raw(self, action: str, write: bool = True) -> Iterator[Any]:
+        """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
+        SQLite reads of one statement run in autocommit), committed on exit; driver
+        errors become :class:`BrokerError`, a broken connection leaves the pool."""
+        self.ensure_schema()
+        with self._errors(action):
+            conn = self.engine.raw_connection()
+        cursor = None
+        try:
+            cursor = conn.cursor()
+            if self._is_sqlite and write:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            conn.commit()
+        except self._dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            if self.engine.dialect.is_disconnect(exc, conn.dbapi_connection, cursor):
+                conn.invalidate(exc)
+            raise BrokerError(
+                redact(f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}")
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+            conn.close()
+
+    def _retrying(self, action: str, work: Any) -> Any:
+        """Run ``work(cursor)`` in a write transaction, again if the database chose it
+        as a deadlock victim (MySQL/MariaDB 1213, PostgreSQL 40P01) — rare with the
+        lock order used here, but a database may still pick one."""
+        for attempt in range(3):
+            try:
+                with self._raw(action) as cursor:
+                    return work(cursor)
+            except BrokerError as exc:
+                if attempt == 2 or not _is_deadlock(exc.__cause__):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _notify(self, cursor: Any, keys: Sequence[str]) -> None:
+        if self._is_pg:
+            for key in dict.fromkeys(keys):
+                cursor.execute("SELECT pg_notify(%s, %s)", (self._channel, key))
+
+    # -- key-value -----------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
         """The live value under ``key``, or ``None``."""
-        r = self.tables.results.c
-        stmt = sa.select(r.value).where(r.key == key, self._live(r.expires_at, time.time()))
-        with self._read("reading a result") as conn:
-            value = conn.execute(stmt).scalar()
-        return None if value is None else bytes(value)
+        with self._raw("reading a result", write=False) as cursor:
+            cursor.execute(self._get_sql, (key, time.time()))
+            row = cursor.fetchone()
+        return None if row is None else bytes(row[0])
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Live values of ``keys`` (one query)."""
         if not keys:
             return {}
-        r = self.tables.results.c
-        stmt = sa.select(r.key, r.value).where(
-            r.key.in_(list(keys)), self._live(r.expires_at, time.time())
-        )
-        with self._read("reading results") as conn:
-            return {row.key: bytes(row.value) for row in conn.execute(stmt)}
+        keys = list(dict.fromkeys(keys))
+        sql = self._sql(self._get_many_sql.format(marks=", ".join(["?"] * len(keys))))
+        with self._raw("reading results", write=False) as cursor:
+            cursor.execute(sql, (*keys, time.time()))
+            return {name: bytes(value) for name, value in cursor.fetchall()}
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` (replacing any) and wake its waiters."""
@@ -377,14 +468,13 @@ class SQLResultBackend(ResultBackend):
         for key, _ in items:
             self._check_key(key)
         expires_at = None if ttl is None else time.time() + ttl
-        rows = [{"key": k, "value": bytes(v), "expires_at": expires_at} for k, v in items]
-        with self._write("storing a result") as conn:
-            conn.execute(self._upsert, rows)
-            if self._is_pg:
-                for key in dict.fromkeys(k for k, _ in items):
-                    conn.execute(
-                        sa.text("SELECT pg_notify(:c, :k)"), {"c": self._channel, "k": key}
-                    )
+        rows = [(k, bytes(v), expires_at) for k, v in items]
+        with self._raw("storing a result") as cursor:
+            if len(rows) == 1:
+                cursor.execute(self._set_sql, rows[0])
+            else:
+                cursor.executemany(self._set_sql, rows)
+            self._notify(cursor, [k for k, _ in items])
 
     def delete(self, keys: Sequence[str]) -> None:
         """Remove ``keys``, and any sets under them."""
@@ -394,79 +484,64 @@ class SQLResultBackend(ResultBackend):
         keys = list(keys)
         with self._write("deleting results") as conn:
             for table in (t.results, t.sets, t.members):
-                conn.execute(sa.delete(table).where(table.c.key.in_(keys)))
+                conn.execute(sa.delete(table).where(table.c.name.in_(keys)))
 
     def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Store ``value`` unless a live value is under ``key``; ``True`` if stored."""
         self._check_key(key)
-        r = self.tables.results
-        now = time.time()
-        expires_at = None if ttl is None else now + ttl
-        with self._write("storing a result if absent") as conn:
-            found = conn.execute(
-                sa.select(r.c.expires_at).where(r.c.key == key).with_for_update()
-            ).first()
+
+        def work(cursor: Any) -> bool:
+            now = time.time()
+            expires_at = None if ttl is None else now + ttl
+            cursor.execute(self._lock_result_sql, (key,))
+            found = cursor.fetchone()
             if found is None:
                 # A concurrent caller inserting the same key makes this a no-op.
-                stored = self._inserted(
-                    conn,
-                    self._insert_ignore_result,
-                    {"key": key, "value": bytes(value), "expires_at": expires_at},
-                )
-            elif found.expires_at is not None and found.expires_at <= now:
-                conn.execute(
-                    sa.update(r)
-                    .where(r.c.key == key)
-                    .values(value=bytes(value), expires_at=expires_at)
-                )
+                cursor.execute(self._add_result_sql, (key, bytes(value), expires_at))
+                stored = bool(cursor.rowcount == 1)
+            elif found[0] is not None and found[0] <= now:  # expired: take it over
+                cursor.execute(self._update_result_sql, (bytes(value), expires_at, key))
                 stored = True
             else:
                 stored = False
-            if stored and self._is_pg:
-                conn.execute(sa.text("SELECT pg_notify(:c, :k)"), {"c": self._channel, "k": key})
-        return stored
+            if stored:
+                self._notify(cursor, [key])
+            return stored
+
+        return bool(self._retrying("storing a result if absent", work))
 
     def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
         """Add ``member`` to the set ``key``; return the set's size afterwards."""
         self._check_key(key)
         self._check_key(member)
-        s = self.tables.sets
-        m = self.tables.members
-        now = time.time()
-        with self._write("adding to a set") as conn:
-            conn.execute(self._insert_ignore_set, {"key": key, "size": 0, "expires_at": None})
+
+        def work(cursor: Any) -> int:
+            now = time.time()
+            cursor.execute(self._open_set_sql, (key,))
             # The set's row lock serialises adders of one set (SQLite: the write lock).
-            head = conn.execute(
-                sa.select(s.c.size, s.c.expires_at).where(s.c.key == key).with_for_update()
-            ).one()
-            size = head.size
-            expires_at = head.expires_at
+            cursor.execute(self._size_sql, (key,))
+            size, expires_at = cursor.fetchone()
             if expires_at is not None and expires_at <= now:  # expired: start afresh
-                conn.execute(sa.delete(m).where(m.c.key == key))
+                cursor.execute(self._clear_set_sql, (key,))
                 size, expires_at = 0, None
-            if self._inserted(conn, self._insert_ignore_member, {"key": key, "member": member}):
+            cursor.execute(self._add_member_sql, (key, member))
+            if cursor.rowcount == 1:
                 size += 1
             if ttl is not None:
                 expires_at = now + ttl
-            conn.execute(
-                sa.update(s).where(s.c.key == key).values(size=size, expires_at=expires_at)
-            )
-        return int(size)
+            cursor.execute(self._resize_sql, (size, expires_at, key))
+            return int(size)
 
-    def _inserted(self, conn: Connection, stmt: Any, params: dict[str, Any]) -> bool:
-        """Run an insert-ignore; whether it inserted. (psycopg reports no row count
-        for SQLAlchemy's inserts, so RETURNING answers where the database has it.)"""
-        if self._is_sqlite or self._is_pg:
-            return conn.execute(stmt.returning(sa.literal(1)), params).first() is not None
-        return bool(conn.execute(stmt, params).rowcount == 1)
+        return int(self._retrying("adding to a set", work))
 
     def keys(self, prefix: str, limit: int = 1000) -> list[str]:
         """Live result keys starting with ``prefix``."""
         r = self.tables.results.c
+        live = sa.or_(r.expires_at.is_(None), r.expires_at > time.time())
         stmt = (
-            sa.select(r.key)
-            .where(r.key.startswith(prefix, autoescape=True), self._live(r.expires_at, time.time()))
-            .order_by(r.key)
+            sa.select(r.name)
+            .where(r.name.startswith(prefix, autoescape=True), live)
+            .order_by(r.name)
             .limit(limit)
         )
         with self._read("listing keys") as conn:
@@ -481,13 +556,11 @@ class SQLResultBackend(ResultBackend):
             removed = conn.execute(
                 sa.delete(t.results).where(t.results.c.expires_at <= now)
             ).rowcount
-            expired = sa.select(t.sets.c.key).where(t.sets.c.expires_at <= now)
-            if self._is_sqlite or self._is_pg:
-                conn.execute(sa.delete(t.members).where(t.members.c.key.in_(expired)))
-            else:  # MySQL cannot delete from a table with a sub-select on another in one go
-                stale = list(conn.execute(expired).scalars())
-                if stale:
-                    conn.execute(sa.delete(t.members).where(t.members.c.key.in_(stale)))
+            expired = sa.select(t.sets.c.name).where(t.sets.c.expires_at <= now)
+            stale = list(conn.execute(expired).scalars())
+            for start in range(0, len(stale), 500):
+                chunk = stale[start : start + 500]
+                conn.execute(sa.delete(t.members).where(t.members.c.name.in_(chunk)))
             removed += conn.execute(sa.delete(t.sets).where(t.sets.c.expires_at <= now)).rowcount
         return int(removed)
 
@@ -603,13 +676,6 @@ def _insert_ignore(dialect: str, table: sa.Table) -> Any:
     return sa.insert(table).prefix_with("IGNORE")
 
 
-def _upsert(dialect: str, table: sa.Table, columns: Sequence[str]) -> Any:
-    """``INSERT`` that replaces ``columns`` of an existing row with the same key."""
-    if dialect in ("sqlite", "postgresql"):
-        insert = sqlite.insert(table) if dialect == "sqlite" else pg.insert(table)
-        return insert.on_conflict_do_update(
-            index_elements=list(table.primary_key.columns),
-            set_={name: insert.excluded[name] for name in columns},
-        )
-    my_insert = mysql.insert(table)
-    return my_insert.on_duplicate_key_update({name: my_insert.inserted[name] for name in columns})
+def _is_deadlock(exc: BaseException | None) -> bool:
+    code = getattr(exc, "sqlstate", None) or (getattr(exc, "args", None) or [None])[0]
+    return code in ("40P01", 1213)
