@@ -317,7 +317,8 @@ class Signature(dict[str, Any]):
     @property
     def id(self) -> str | None:
         """The task id, once frozen."""
-        return self["options"].get("task_id")
+        task_id = self["options"].get("task_id")
+        return str(task_id) if task_id else None
 
     # -- building --------------------------------------------------------------
 
@@ -411,7 +412,7 @@ class Signature(dict[str, Any]):
         sig = self.clone(args, kwargs)
         return self.app.tasks[sig.name](*sig["args"], **sig["kwargs"])
 
-    def __or__(self, other: Any) -> chain:
+    def __or__(self, other: Any) -> chain:  # type: ignore[override]
         return chain(self, other, app=self._app)
 
     def __reduce__(self) -> Any:
@@ -442,10 +443,7 @@ def _send(app: Polyq, sig: Signature, opts: dict[str, Any]) -> AsyncResult:
             ]
     task = app.tasks.get(sig.name)
     if task is not None:
-        return cast(
-            AsyncResult,
-            task.apply_async(sig["args"], sig["kwargs"], options=canvas or None, **opts),
-        )
+        return task.apply_async(sig["args"], sig["kwargs"], options=canvas or None, **opts)
     return app.send_task(sig.name, sig["args"], sig["kwargs"], options=canvas or None, **opts)
 
 
@@ -455,6 +453,21 @@ def _spread(options: dict[str, Any], into: Signature) -> None:
     for key, value in options.items():
         if key not in _FIRST_ONLY and key not in ("link", "link_error"):
             into["options"].setdefault(key, value)
+
+
+#: Options a group or chord passes to each member as they are (lineage, the claim).
+_DIRECT = ("parent_id", "root_id", "once")
+
+
+def _share(options: dict[str, Any], members: list[Signature]) -> dict[str, Any]:
+    """Give a group's options to its members (a member's own win); return the
+    options every member is sent with as they are."""
+    skip = {"task_id", "link", "link_error", *_GROUP_KEYS, *_DIRECT}
+    for member in members:
+        for key, value in options.items():
+            if key not in skip:
+                member["options"].setdefault(key, value)
+    return {k: options[k] for k in _DIRECT if k in options}
 
 
 def _apply_step(
@@ -600,7 +613,7 @@ class chain(Signature):
         """``apply_async`` with these arguments."""
         return self.apply_async(args, kwargs)
 
-    def __or__(self, other: Any) -> chain:
+    def __or__(self, other: Any) -> chain:  # type: ignore[override]
         return chain(*self.tasks, other, app=self._app)
 
     def __repr__(self) -> str:
@@ -644,7 +657,8 @@ class group(Signature):
     @property
     def id(self) -> str | None:
         """The group id, once frozen."""
-        return self["options"].get("group_id")
+        group_id = self["options"].get("group_id")
+        return str(group_id) if group_id else None
 
     def _partial(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
         for t in self.tasks:
@@ -691,14 +705,16 @@ class group(Signature):
             return self.apply(args, kwargs, **options)
         g = cast(group, self.clone(args, kwargs))
         opts = {**g["options"], **options}
-        opts.pop("task_id", None)
+        for callback in _as_list(opts.pop("link", None)):
+            g.link(callback)
+        for errback in _as_list(opts.pop("link_error", None)):
+            g.link_error(errback)
         result = g.freeze(opts.pop("group_id", None))
-        for key in _GROUP_KEYS:
-            opts.pop(key, None)
+        direct = _share(opts, g.tasks)
         result.save()
         size = len(g.tasks)
         for index, t in enumerate(g.tasks):
-            member_opts = dict(opts)
+            member_opts = dict(direct)
             if not isinstance(t, group | chord | chunks):
                 member_opts.update(group_id=result.id, group_index=index, group_size=size)
             _apply_step(t, (), [], member_opts)
@@ -720,7 +736,7 @@ class group(Signature):
         """``apply_async`` with these arguments."""
         return self.apply_async(args, kwargs)
 
-    def __or__(self, other: Any) -> chain:
+    def __or__(self, other: Any) -> chain:  # type: ignore[override]
         return chain(self, other, app=self._app)
 
     def __repr__(self) -> str:
@@ -858,6 +874,7 @@ class chord(Signature):
             ttl=app.result_ttl,
         )
         header_result.save()
+        direct = _share(opts, members)
         size = len(members)
         marker = {"id": group_id, "size": size}
         for index, m in enumerate(members):
@@ -865,7 +882,7 @@ class chord(Signature):
             final["options"]["chord"] = marker
             # The chord reads every header result: they must be stored.
             final["options"]["ignore_result"] = False
-            member_opts = dict(opts)
+            member_opts = dict(direct)
             if not isinstance(m, chord):
                 member_opts.update(group_id=group_id, group_index=index, group_size=size)
             _apply_step(m, (), [], member_opts)
@@ -1039,7 +1056,7 @@ def on_success(app: Polyq, task: Task, message: TaskMessage, retval: Any) -> Non
     opts = message.options
     if not opts:
         return
-    lineage = {"parent_id": message.id, "root_id": message.root_id}
+    lineage: dict[str, Any] = {"parent_id": message.id, "root_id": message.root_id}
     for callback in _as_list(opts.get("link")):
         from_dict(callback, app).apply_async((retval,), **lineage)
     remaining = list(opts.get("chain") or ())
@@ -1058,7 +1075,7 @@ def on_failure(app: Polyq, task: Task, message: TaskMessage, exc: BaseException)
     opts = message.options
     if not opts:
         return
-    lineage = {"parent_id": message.id, "root_id": message.root_id}
+    lineage: dict[str, Any] = {"parent_id": message.id, "root_id": message.root_id}
     for errback in _as_list(opts.get("link_error")):
         from_dict(errback, app).apply_async((message.id,), **lineage)
     for step in opts.get("chain") or ():
