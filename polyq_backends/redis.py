@@ -28,8 +28,8 @@ Design
   thread reads it and wakes the waiting threads, so a wait costs a ``SUBSCRIBE``
   and a ``GET``, not a new connection. A value up to 64 KiB (with no ttl or one of
   at least 1 s) travels in the notification, so the woken wait returns it without
-  another round trip. A notification lost while the
-  pub/sub connection reconnects is covered by re-reading the key every 2 s.
+  another round trip. A notification lost while the pub/sub connection
+  reconnects is covered by re-reading the key every 2 s.
 
 Capabilities: ``push_wait``; durable as the server's persistence makes it.
 """
@@ -40,6 +40,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -119,13 +120,16 @@ class _Notifier:
                     self._pubsub.unsubscribe(channel)
 
     def _run(self) -> None:
+        broken = False
         while not self._closed.is_set():
             try:
                 reply = self._pubsub.get_message(timeout=1.0)
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except Exception as exc:  # a dead socket surfaces as odd types too
                 if self._closed.is_set():
                     return
-                logger.warning("result notifications from %s interrupted: %s", self._url, exc)
+                if not broken:  # once per outage, not every retry
+                    logger.warning("result notifications from %s interrupted: %s", self._url, exc)
+                broken = True
                 with self._lock:  # let every wait re-read its key
                     for waiters in self._waiters.values():
                         for waiter in waiters:
@@ -133,6 +137,9 @@ class _Notifier:
                             waiter.fired.set()
                 self._closed.wait(0.2)
                 continue
+            if broken:
+                broken = False
+                logger.info("result notifications from %s restored", self._url)
             if reply is None:
                 continue
             kind, channel = reply["type"], reply["channel"]
@@ -258,7 +265,7 @@ class RedisResultBackend(ResultBackend):
     def _notifications(self) -> _Notifier:
         with self._notifier_lock:
             if self._notifier is None:
-                home = f"{self._channels}~listener:{id(self)}"
+                home = f"{self._channels}~listener:{uuid.uuid4().hex}"
                 self._notifier = _Notifier(self._client, home, redact(self.url))
             return self._notifier
 
