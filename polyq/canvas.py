@@ -79,12 +79,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from polyq import states
 from polyq.exceptions import ChordError
-from polyq.message import TaskMessage, new_id
+from polyq.message import TaskMessage, decode, new_id
 from polyq.result import AsyncResult, GroupResult, decode_record, encode_record, meta_key
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
     from polyq.task import Task
+    from polyq.transport import Delivery
 
 __all__ = [
     "Signature",
@@ -96,6 +97,7 @@ __all__ = [
     "group",
     "maybe_signature",
     "on_failure",
+    "on_failure_outside_task",
     "on_success",
     "register_builtin_tasks",
     "signature",
@@ -1069,7 +1071,7 @@ def on_success(app: Polyq, task: Task, message: TaskMessage, retval: Any) -> Non
         _chord_member_done(app, message, info)
 
 
-def on_failure(app: Polyq, task: Task, message: TaskMessage, exc: BaseException) -> None:
+def on_failure(app: Polyq, task: Task | None, message: TaskMessage, exc: BaseException) -> None:
     """After a failure (stored): send ``link_error`` errbacks with the task id, fail
     what follows in the chain, and fail the chord the task belongs to."""
     opts = message.options
@@ -1088,6 +1090,22 @@ def on_failure(app: Polyq, task: Task, message: TaskMessage, exc: BaseException)
     info = opts.get("chord")
     if info:
         _chord_failed(app, info, message.id, exc)
+
+
+def on_failure_outside_task(app: Polyq, delivery: Delivery, exc: BaseException) -> None:
+    """For the worker, when it ends a task without the task's own failure path
+    running (hard time limit, process lost for good, dead-lettered after too many
+    deliveries, revoked or expired): fail what follows it in its chain and the
+    chord it belongs to, so nothing waits for it forever. Cheap for plain tasks
+    (one header check); never raises."""
+    if delivery.headers.get("polyq") is None:
+        return
+    try:
+        message = decode(delivery, app.accept)
+        if message.options:
+            on_failure(app, None, message, exc)
+    except Exception:
+        logger.exception("could not fail the workflow of task %s", delivery.headers.get("id"))
 
 
 def _store_failure(app: Polyq, task_id: str, exc: BaseException, cause: str) -> None:

@@ -210,3 +210,23 @@ def test_claim_once(app: Any) -> None:
     assert not claim_once(app, copy)  # another copy of the same task id
     retried = TaskMessage(task="p.add", id="claim-1", retries=1, options={"once": True})
     assert claim_once(app, retried)  # a retry() of the winner
+
+
+def test_header_killed_by_the_worker_fails_the_chord(app: Any) -> None:
+    # A header task whose process hit its hard time limit never runs its failure
+    # path; the worker reports it (polyq.canvas.on_failure_outside_task).
+    from polyq.canvas import on_failure_outside_task
+    from polyq.exceptions import TimeLimitExceeded
+
+    add, tsum = app.tasks["p.add"], app.tasks["p.tsum"]
+    result = chain(add.s(1, 1), add.s(2)).apply_async()
+    chord_result = chord([add.s(1, 1), add.s(2, 2)])(tsum.s())
+    transport = app.transport
+    deliveries = transport.receive([app.conf.task_default_queue], 10, 0.0)
+    assert len(deliveries) == 3
+    for delivery in deliveries:
+        on_failure_outside_task(app, delivery, TimeLimitExceeded("hard time limit (1s)"))
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=1)
+    with pytest.raises(ChordError, match="TimeLimitExceeded"):
+        chord_result.get(timeout=1)
