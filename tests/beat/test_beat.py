@@ -309,6 +309,10 @@ def _backend(kind, tmp_path):
 
     if kind == "sqlite":
         return services.sqlite_url(tmp_path)
+    if kind in ("postgres", "mysql"):
+        # Tables of its own on the shared server, dropped afterwards.
+        url = services.postgres_url() if kind == "postgres" else services.mysql_url()
+        return f"{url}{'&' if '?' in url else '?'}table_prefix=bt{uuid.uuid4().hex[:8]}_"
     return {
         "redis": services.redis_url,
         "postgres": services.postgres_url,
@@ -350,4 +354,8 @@ def test_leases_on_real_backends(kind, tmp_path):
         for app in apps:
             with contextlib.suppress(Exception):
                 app.backend.delete(app.backend.keys(f"t{tag}-", 10000))
+        drop = getattr(apps[0].backend, "drop_schema", None)
+        if drop is not None and "table_prefix=" in url:
+            drop()
+        for app in apps:
             app.close()

@@ -148,6 +148,12 @@ class Scenario:
             self.app.transport.purge(self.queue)
         with contextlib.suppress(Exception):
             self.app.backend.delete(self.app.backend.keys(self.prefix, 100000))
+        if "table_prefix=" in self.broker:
+            for part in (self.app.transport, self.app.backend):
+                drop = getattr(part, "drop_schema", None)
+                if drop is not None:
+                    with contextlib.suppress(Exception):
+                        drop()
         self.app.close()
 
 
@@ -162,7 +168,8 @@ def _redis(tmp_path: Path) -> tuple[str, str]:
 
 
 def _postgres(tmp_path: Path) -> tuple[str, str]:
-    url = services.postgres_url()
+    # Tables of its own on the shared server (dropped by Scenario.close).
+    url = f"{services.postgres_url()}?table_prefix=bt{uuid.uuid4().hex[:8]}_"
     return url, url
 
 
