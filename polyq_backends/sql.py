@@ -220,6 +220,7 @@ class SQLResultBackend(ResultBackend):
         # PostgreSQL waits: one LISTEN connection, pumped by whichever waiting thread
         # holds _listener_lock, which wakes the others through their events.
         self._listener: Any = None
+        self._listener_active = False
         self._listener_lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
@@ -602,6 +603,7 @@ class SQLResultBackend(ResultBackend):
                     events.discard(event)
                     if not events:
                         del self._waiters[key]
+            self._unlisten_when_idle()
 
     def _poll(self, key: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
@@ -648,12 +650,37 @@ class SQLResultBackend(ResultBackend):
                 cargs, cparams = engine.dialect.create_connect_args(engine.url)
                 conn = engine.dialect.connect(*cargs, **cparams)
                 conn.autocommit = True
-                conn.execute(f'LISTEN "{self._channel}"')
                 self._listener = conn
+            if not self._listener_active:
+                self._listener.execute(f'LISTEN "{self._channel}"')
+                self._listener_active = True
             return self._listener
+
+    def _unlisten_when_idle(self) -> None:
+        """UNLISTEN once no thread waits: PostgreSQL keeps notifications in one
+        server-wide queue, which a listener that never reads would let grow. The
+        connection stays open for the next wait (LISTEN is one round trip, a new
+        connection many)."""
+        if not self._listener_lock.acquire(blocking=False):
+            return  # a thread is pumping: it has waiters, the last one to leave cleans up
+        try:
+            with self._lock:
+                with self._waiters_lock:
+                    if self._waiters:
+                        return
+                if self._listener is not None and self._listener_active:
+                    self._listener.execute(f'UNLISTEN "{self._channel}"')
+                    for _ in self._listener.notifies(timeout=0):
+                        pass
+                    self._listener_active = False
+        except Exception:
+            self._drop_listener()
+        finally:
+            self._listener_lock.release()
 
     def _drop_listener(self) -> None:
         listener, self._listener = self._listener, None
+        self._listener_active = False
         if listener is not None:
             with contextlib.suppress(Exception):
                 listener.close()

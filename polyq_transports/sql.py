@@ -354,6 +354,7 @@ class SQLTransport(Transport):
         self._last_prune = 0.0
         self._listener: Any = None  # psycopg connection LISTENing (PostgreSQL)
         self._listener_lock = threading.Lock()
+        self._last_drain = 0.0
         self._t = self.tables.messages.name
         self._sql_cache: dict[tuple[Any, ...], str] = {}
         self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
@@ -676,6 +677,8 @@ class SQLTransport(Transport):
         queues = list(dict.fromkeys(queues))
         deadline = time.monotonic() + max(wait, 0.0)
         pause = _MIN_POLL
+        if self._listener is not None:
+            self._drain_notifies()
         while True:
             deliveries = self._claim(queues, max_messages)
             if deliveries:
@@ -787,6 +790,23 @@ class SQLTransport(Transport):
                 time.sleep(min(timeout, 0.1))
                 return False
             raise
+        finally:
+            self._listener_lock.release()
+
+    def _drain_notifies(self) -> None:
+        """Read the notifications a busy consumer left unread (about once a second):
+        PostgreSQL keeps them in one queue shared by the whole server, which a
+        listener that never reads would let grow."""
+        now = time.monotonic()
+        if now - self._last_drain < 1.0 or not self._listener_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_drain = now
+            if self._listener is not None:
+                for _ in self._listener.notifies(timeout=0):
+                    pass
+        except Exception:
+            self._drop_listener()
         finally:
             self._listener_lock.release()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -388,3 +389,36 @@ def test_killed_processes_lose_nothing(tmp_path: Path) -> None:
     assert {d.delivery_count for d in got} == {2}
     t.ack(got)
     t.close()
+
+
+# -- LISTEN/NOTIFY (PostgreSQL) ----------------------------------------------------------
+
+
+def test_receive_is_woken_by_notify_on_postgres() -> None:
+    url, prefix = services.postgres_url(), _prefix()
+    # A 5 s poll: only NOTIFY can wake the consumer quickly.
+    consumer = create_transport(url, table_prefix=prefix, max_poll_interval=5)
+    producer = create_transport(url, table_prefix=prefix)
+    assert isinstance(consumer, SQLTransport)
+    try:
+        consumer.size("wake")  # tables first
+        latencies = []
+        for _ in range(5):
+            published: list[float] = []
+
+            def publish(published: list[float] = published) -> None:
+                producer.publish([_msg("wake")])
+                published.append(time.monotonic())
+
+            timer = threading.Timer(0.2, publish)
+            timer.start()
+            got = consumer.receive(["wake"], 1, 3.0)
+            latencies.append(time.monotonic() - published[0])
+            timer.join()
+            assert got
+            consumer.ack(got)
+        assert max(latencies) < 0.1, f"receive woke {max(latencies):.3f}s after publish"
+    finally:
+        consumer.drop_schema()
+        consumer.close()
+        producer.close()
