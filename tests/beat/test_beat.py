@@ -354,8 +354,11 @@ def test_leases_on_real_backends(kind, tmp_path):
         for app in apps:
             with contextlib.suppress(Exception):
                 app.backend.delete(app.backend.keys(f"t{tag}-", 10000))
-        drop = getattr(apps[0].backend, "drop_schema", None)
-        if drop is not None and "table_prefix=" in url:
-            drop()
+        if "table_prefix=" in url:
+            from polyq.registry import create_transport
+
+            apps[0].backend.drop_schema()
+            with create_transport(url) as transport:  # drops the shared <prefix>meta
+                transport.drop_schema()
         for app in apps:
             app.close()
