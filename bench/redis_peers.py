@@ -242,6 +242,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
+def _tail(log: Path, lines: int = 25) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def run_system(name: str, base: str, n: int, k: int, log: Path) -> dict[str, float]:
     import redis
 
@@ -257,16 +261,18 @@ def run_system(name: str, base: str, n: int, k: int, log: Path) -> dict[str, flo
         )  # fmt: skip
         try:
             first_at, first_count, done = None, 0, 0
-            deadline = start + 600
-            while done < n - 0:
+            progress_at, last = start, 0
+            while done < n:
                 done = int(counter.get(COUNTER) or 0)
                 now = time.perf_counter()
                 if first_at is None and done > 0:
                     first_at, first_count = now, done
+                if done != last:
+                    progress_at, last = now, done
                 if worker.poll() is not None:
-                    raise RuntimeError(f"{name} worker exited early; see {log}")
-                if now > deadline:
-                    raise RuntimeError(f"{name} drained {done}/{n} in 600 s")
+                    raise RuntimeError(f"{name} worker exited early:\n{_tail(log)}")
+                if now - progress_at > 30:
+                    raise RuntimeError(f"{name} stalled at {done}/{n} for 30 s:\n{_tail(log)}")
                 time.sleep(0.005)
             end = time.perf_counter()
             # enqueue sent n-1 timed calls plus one warm-up: n in all
@@ -305,9 +311,16 @@ def main() -> None:
             for name in args.systems.split(","):
                 runs = []
                 for _ in range(args.repeat):
-                    runs.append(run_system(name, base, args.n, args.k, Path(tmp) / f"{name}.log"))
+                    try:
+                        runs.append(
+                            run_system(name, base, args.n, args.k, Path(tmp) / f"{name}.log")
+                        )
+                    except RuntimeError as exc:  # report it, measure the others
+                        print(f"{name}: FAILED: {exc}", file=sys.stderr, flush=True)
+                        continue
                     print(f"{name}: {runs[-1]}", file=sys.stderr, flush=True)
-                table[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                if runs:
+                    table[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         finally:
             server.terminate()
             server.wait(10)
