@@ -301,6 +301,7 @@ class Beat:
         self._claim_lead = self.lease_time / 4
         self._grace = min(self.lease_time / 10, 1.0)
         self._owned: set[int] = set()
+        self._refused: int | None = None  # a next slot another beat took first
         self._last_led: int | None = None
         self._cursors: dict[str, float] = {}
         self._started_at: float | None = None
@@ -356,11 +357,15 @@ class Beat:
         if (
             current in self._owned
             and current + 1 not in self._owned
+            and self._refused != current + 1
             and now >= self._slot_start(current + 1) - self._claim_lead
         ):
             if self._claim(current + 1, now):
                 self._owned.add(current + 1)
             else:
+                # Another beat has the next slot (its clock runs ahead): lead to the
+                # end of this one, without asking again.
+                self._refused = current + 1
                 logger.info("beat %s hands over the lead after slot %d", self.name, current)
 
     def _holds_lease(self) -> bool:
@@ -570,7 +575,10 @@ class Beat:
         wake = now + self.max_interval
         if current in self._owned:
             last = max(self._owned)
-            wake = min(wake, self._slot_start(last + 1) - self._claim_lead)
+            if self._refused == last + 1:
+                wake = min(wake, self._slot_start(last + 1))  # the lead ends there
+            else:
+                wake = min(wake, self._slot_start(last + 1) - self._claim_lead)
             for entry in self.entries:
                 wake = min(wake, self._next(entry, self._cursors.get(entry.name, now)))
         else:

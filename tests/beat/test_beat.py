@@ -362,3 +362,22 @@ def test_leases_on_real_backends(kind, tmp_path):
                 transport.drop_schema()
         for app in apps:
             app.close()
+
+
+def test_leader_refused_the_next_slot_does_not_spin():
+    # Another beat (clock ahead) took the next slot first: the leader leads to
+    # the end of its slot, sleeping, and then follows.
+    app = make_app({"daily": {"task": "t.d", "schedule": crontab(minute=0, hour=0)}})
+    clock = Clock(T0 + 0.5)
+    a, b = beats_for(app, clock)
+    a.tick()
+    assert a.is_leader()
+    slot = a._slot(clock.t)
+    assert b._claim(slot + 1, clock.t)
+    clock.t = a._slot_start(slot + 1) - 0.3  # in a's claim window
+    delay = a.tick()
+    assert delay == pytest.approx(0.3, abs=0.01)
+    assert a.tick() == pytest.approx(0.3, abs=0.01)
+    clock.t += 0.3
+    a.tick()
+    assert not a.is_leader()
