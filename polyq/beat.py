@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from polyq.exceptions import ConfigurationError
+from polyq.exceptions import ConfigurationError, PolyqError
 from polyq.schedules import BaseSchedule, maybe_schedule
 from polyq.url import redact
 
@@ -704,6 +704,7 @@ def _fmt(value: datetime.datetime | None, tz: datetime.tzinfo) -> str:
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.option("--max-interval", type=float, help="longest sleep between checks, seconds")
 @click.option("--lease-time", type=float, help="leader lease, seconds (beat_lease_time)")
+@click.option("-s", "--schedule", "schedule_file", hidden=True, help="Celery's; ignored")
 @click.pass_obj
 def beat(
     obj: Any,
@@ -711,16 +712,21 @@ def beat(
     loglevel: str,
     max_interval: float | None,
     lease_time: float | None,
+    schedule_file: str | None,
 ) -> None:
     """Send periodic tasks (beat_schedule). Several beats may run: one leads."""
     app: Polyq = obj.app
+    if schedule_file:
+        click.echo(
+            "polyq beat: -s/--schedule ignored: the state lives in the result backend", err=True
+        )
     try:
         b = Beat(app, max_interval=max_interval, lease_time=lease_time)
-    except ConfigurationError as exc:
+        if show_list:
+            _print_list(b)
+            return
+    except PolyqError as exc:
         raise click.ClickException(redact(str(exc))) from None
-    if show_list:
-        _print_list(b)
-        return
     from polyq.utils.log import setup_logging
 
     setup_logging(
