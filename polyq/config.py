@@ -130,14 +130,24 @@ class Settings(MutableMapping[str, Any]):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._explicit: dict[str, Any] = {}
         self._environ = os.environ if environ is None else environ
+        # Settings are read on every task call; the environment is read once per key.
+        self._cache: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
         if key in self._explicit:
-            return self._explicit[key]
-        env_key = _ENV_PREFIX + key.upper()
-        if env_key in self._environ and key in DEFAULTS:
-            return _from_env(key, self._environ[env_key])
-        return DEFAULTS[key]
+            value = self._explicit[key]
+        else:
+            env_key = _ENV_PREFIX + key.upper()
+            if env_key in self._environ and key in DEFAULTS:
+                value = _from_env(key, self._environ[env_key])
+            else:
+                value = DEFAULTS[key]
+        self._cache[key] = value
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key not in DEFAULTS:
@@ -148,9 +158,11 @@ class Settings(MutableMapping[str, Any]):
                 stacklevel=3,
             )
         self._explicit[key] = value
+        self._cache.pop(key, None)
 
     def __delitem__(self, key: str) -> None:
         del self._explicit[key]
+        self._cache.pop(key, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(DEFAULTS)

@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = [
     "BrokerError",
+    "ChordError",
     "ConfigurationError",
     "ContentDisallowed",
     "DecodeError",
@@ -57,7 +58,7 @@ class ContentDisallowed(DecodeError):
     """A message's content type is not in ``accept_content``; it was not deserialized."""
 
 
-class TimeoutError(PolyqError):  # noqa: A001 - Celery's name, users catch polyq.exceptions.TimeoutError
+class TimeoutError(PolyqError):
     """Waiting for a result took longer than the timeout."""
 
 
@@ -70,6 +71,10 @@ class TaskError(PolyqError):
         self.exc_message = message
 
 
+class ChordError(PolyqError):
+    """A chord could not run its callback (a header task failed)."""
+
+
 class RevokedError(PolyqError):
     """The task was revoked."""
 
@@ -78,7 +83,7 @@ class WorkerLostError(PolyqError):
     """The process running the task died."""
 
 
-class Retry(PolyqError):  # noqa: N818 - Celery's name
+class Retry(PolyqError):
     """Raised by ``Task.retry()``: the task will run again."""
 
     def __init__(
@@ -93,7 +98,7 @@ class MaxRetriesExceededError(PolyqError):
     """``retry()`` was called after ``max_retries`` retries."""
 
 
-class Reject(PolyqError):  # noqa: N818 - Celery's name
+class Reject(PolyqError):
     """Raised by a task to reject its message: requeued when ``requeue``, else dead-lettered."""
 
     def __init__(self, reason: Any = None, requeue: bool = False) -> None:
@@ -102,13 +107,13 @@ class Reject(PolyqError):  # noqa: N818 - Celery's name
         super().__init__(reason, requeue)
 
 
-class Ignore(PolyqError):  # noqa: N818 - Celery's name
+class Ignore(PolyqError):
     """Raised by a task to ack its message without storing any state."""
 
 
-class SoftTimeLimitExceeded(PolyqError):  # noqa: N818 - Celery's name
+class SoftTimeLimitExceeded(PolyqError):
     """Raised inside a task when its soft time limit passes."""
 
 
-class TimeLimitExceeded(PolyqError):  # noqa: N818 - Celery's name
+class TimeLimitExceeded(PolyqError):
     """The task hit its hard time limit and its process was killed."""

@@ -122,6 +122,7 @@ class Worker:
         self._delayed: list[tuple[float, int, Job]] = []  # rate-limited, by start time
         self._keys = itertools.count(1)
         self._cond = threading.Condition()
+        self._dispatch_lock = threading.Lock()
         self._acks: queue.SimpleQueue[tuple[Result | None, Delivery | None]] = queue.SimpleQueue()
         self._stop_consuming = threading.Event()
         self._stopped = threading.Event()
@@ -283,6 +284,16 @@ class Worker:
     # -- consuming -------------------------------------------------------------
 
     def _consume(self) -> None:
+        while not self._stop_consuming.is_set():
+            try:
+                self._consume_loop()
+            except Exception:
+                # Never let the consumer die silently: a worker that stops taking
+                # messages but stays up is the worst failure there is.
+                logger.critical("consumer loop failed; restarting it", exc_info=True)
+                self._stop_consuming.wait(1.0)
+
+    def _consume_loop(self) -> None:
         errors = 0
         while not self._stop_consuming.is_set():
             self.last_poll = time.monotonic()  # monitoring: liveness probe reads it
@@ -365,7 +376,10 @@ class Worker:
         signals.task_received.send(sender=self, request=delivery)
         if self.events.enabled:
             self.events.send(
-                "task-received", uuid=task_id, name=name, **message_fields(delivery, self.app.accept)
+                "task-received",
+                uuid=task_id,
+                name=name,
+                **message_fields(delivery, self.app.accept),
             )
         acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
         key = next(self._keys)
@@ -405,19 +419,22 @@ class Worker:
             self._pending.append(job)
 
     def _dispatch(self) -> None:
-        with self._cond:
-            now = time.monotonic()
-            while self._delayed and self._delayed[0][0] <= now:
-                self._pending.append(heapq.heappop(self._delayed)[2])
-            jobs = []
-            free = self.pool.free_slots()
-            while free > 0 and self._pending:
-                jobs.append(self._pending.popleft())
-                free -= 1
-        for job in jobs:
-            self.pool.submit(job)
-            if self.events.enabled:
-                self.events.send("task-started", uuid=job.task_id, name=job.task_name)
+        # Called by the consumer and by the pool's completion callback: one at a
+        # time, or both could claim the same free slot.
+        with self._dispatch_lock:
+            with self._cond:
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    self._pending.append(heapq.heappop(self._delayed)[2])
+                jobs = []
+                free = self.pool.free_slots()
+                while free > 0 and self._pending:
+                    jobs.append(self._pending.popleft())
+                    free -= 1
+            for job in jobs:
+                self.pool.submit(job)
+                if self.events.enabled:
+                    self.events.send("task-started", uuid=job.task_id, name=job.task_name)
 
     def _redelay(self, delivery: Delivery, eta: float, now: float) -> None:
         # The ETA is beyond what the broker could hold: send it back for the rest
@@ -469,38 +486,45 @@ class Worker:
 
     def _ack_loop(self) -> None:
         while True:
-            batch = [self._acks.get()]
-            while True:
-                try:
-                    batch.append(self._acks.get_nowait())
-                except queue.Empty:
-                    break
-            to_ack: list[Delivery] = []
-            finished = False
-            for result, _ in batch:
-                if result is None:
-                    finished = True
-                    continue
-                with self._cond:
-                    delivery = self._held.pop(result.key, None)
-                self.processed += 1
-                if self.events.enabled:
-                    self._task_event(result)
-                if delivery is None:
-                    continue  # acked before running (acks_late=False)
-                action = self._settle(result, delivery.headers.get("task", ""))
-                if action == "ack":
-                    to_ack.append(delivery)
-                elif action == "requeue":
-                    self._call(self.transport.nack, delivery, result.delay)
-                else:
-                    self._dead_letter(delivery, result.reason)
-            if to_ack:
-                self._call(self.transport.ack, to_ack)
+            try:
+                if self._ack_batch():
+                    return
+            except Exception:
+                logger.critical("acknowledging failed; the leases will expire", exc_info=True)
+
+    def _ack_batch(self) -> bool:
+        """Settle every finished job waiting; return True once told to stop."""
+        batch = [self._acks.get()]
+        while True:
+            try:
+                batch.append(self._acks.get_nowait())
+            except queue.Empty:
+                break
+        to_ack: list[Delivery] = []
+        finished = False
+        for result, _ in batch:
+            if result is None:
+                finished = True
+                continue
             with self._cond:
-                self._cond.notify_all()
-            if finished:
-                return
+                delivery = self._held.pop(result.key, None)
+            self.processed += 1
+            if self.events.enabled:
+                self._task_event(result)
+            if delivery is None:
+                continue  # acked before running (acks_late=False)
+            action = self._settle(result, delivery.headers.get("task", ""))
+            if action == "ack":
+                to_ack.append(delivery)
+            elif action == "requeue":
+                self._call(self.transport.nack, delivery, result.delay)
+            else:
+                self._dead_letter(delivery, result.reason)
+        if to_ack:
+            self._call(self.transport.ack, to_ack)
+        with self._cond:
+            self._cond.notify_all()
+        return finished
 
     def _task_event(self, result: Result) -> None:
         kind = {
@@ -509,8 +533,13 @@ class Worker:
             states.RETRY: "task-retried",
             states.REVOKED: "task-revoked",
         }.get(result.state or "", "task-failed" if result.action != "ack" else "task-succeeded")
-        self.events.send(kind, uuid=result.task_id, runtime=result.runtime,
-                         action=result.action, reason=result.reason or None)
+        self.events.send(
+            kind,
+            uuid=result.task_id,
+            runtime=result.runtime,
+            action=result.action,
+            reason=result.reason or None,
+        )
 
     def _settle(self, result: Result, name: str) -> str:
         """Turn the pool's report into ack/requeue/dead_letter (storing states for kills)."""
