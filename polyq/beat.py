@@ -101,6 +101,7 @@ __all__ = [
     "Beat",
     "Entry",
     "EntryStatus",
+    "add_periodic_task",
     "beat",
     "load_schedule",
     "schedule_timezone",
@@ -212,6 +213,47 @@ def load_schedule(schedule: Mapping[str, Any]) -> list[Entry]:
             )
         entries.append(Entry(name, task, sched, tuple(args), dict(kwargs), dict(options)))
     return entries
+
+
+def add_periodic_task(
+    app: Polyq,
+    schedule: Any,
+    sig: Any,
+    name: str | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> str:
+    """Celery's ``app.add_periodic_task``: add ``sig`` (a task's signature, a task,
+    or a task name) to ``beat_schedule`` under ``name`` and return the entry name.
+
+    ``args`` and ``kwargs`` are added to the signature's; ``options`` (``queue``,
+    ``priority``, ``expires``...) override its options. Canvas (chains, groups)
+    cannot be scheduled: schedule a task that builds it.
+    """
+    if isinstance(sig, Mapping):
+        if sig.get("subtask_type"):
+            raise ConfigurationError(
+                f"add_periodic_task: a {sig['subtask_type']} cannot be scheduled; "
+                "schedule a task that sends it"
+            )
+        task = str(sig["task"])
+        args = [*(sig.get("args") or ()), *args]
+        kwargs = {**(sig.get("kwargs") or {}), **(kwargs or {})}
+        options = {**(sig.get("options") or {}), **options}
+    else:
+        task = sig if isinstance(sig, str) else str(sig.name)
+        args, kwargs = list(args), dict(kwargs or {})
+    kwargs = dict(kwargs or {})
+    # Celery names an unnamed entry after the call it makes.
+    shown = [*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())]
+    entry_name = name or f"{task}({', '.join(shown)})"
+    entry = {"task": task, "schedule": schedule, "args": list(args), "kwargs": kwargs}
+    if options:
+        entry["options"] = dict(options)
+    load_schedule({entry_name: entry})  # fail now, naming the entry, not when beat starts
+    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), entry_name: entry}
+    return entry_name
 
 
 def schedule_timezone(app: Polyq) -> datetime.tzinfo:

@@ -381,3 +381,29 @@ def test_leader_refused_the_next_slot_does_not_spin():
     clock.t += 0.3
     a.tick()
     assert not a.is_leader()
+
+
+def test_add_periodic_task_like_celery():
+    from polyq.beat import add_periodic_task
+
+    app = make_app({})
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    name = add_periodic_task(app, 10.0, add.s(2, 3).set(queue="math"), name="add every 10")
+    assert name == "add every 10"
+    unnamed = add_periodic_task(app, crontab(minute=0), add.s(1), kwargs={"y": 4}, priority=5)
+    assert unnamed == f"{add.name}(1, y=4)"
+    schedule = app.conf.beat_schedule
+    assert schedule["add every 10"]["args"] == [2, 3]
+    assert schedule["add every 10"]["options"] == {"queue": "math"}
+    assert schedule[unnamed]["options"] == {"priority": 5}
+    assert [e.name for e in load_schedule(schedule)] == ["add every 10", unnamed]
+    with pytest.raises(ConfigurationError, match="cannot be scheduled"):
+        from polyq import chain
+
+        add_periodic_task(app, 10, chain(add.s(1, 1), add.s(2)))
+    with pytest.raises(ConfigurationError, match="unsupported option"):
+        add_periodic_task(app, 10, add.s(1, 1), link=add.s(3))
