@@ -53,6 +53,12 @@ SYSTEMS: dict[str, dict[str, str]] = {
         "pool": "prefork -c 2 (defaults)",
         "results": "no-op: ignore_result; echo: stored",
     },
+    "polyq-threads": {
+        "worker": "polyq -A bench.redis_peers:polyq_app worker -P threads -c 2 -l WARNING",
+        "ack": "late (after the task; leases extended)",
+        "pool": "threads -c 2 (informative variant)",
+        "results": "no-op: ignore_result; echo: stored",
+    },
     "celery": {
         "worker": "celery -A bench.redis_peers:celery_app worker -P prefork -c 2 -l WARNING",
         "ack": "early (Celery's default)",
@@ -151,7 +157,7 @@ def _dramatiq() -> Any:
 
 
 def _system(name: str) -> Any:
-    family = name.split("-")[0]
+    family = name.split("-")[0]  # "polyq-threads" and "dramatiq-t8" share their app
     if family not in _built:
         _built[family] = {"polyq": _polyq, "celery": _celery, "dramatiq": _dramatiq}[family]()
     return _built[family]
@@ -292,7 +298,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="no-op tasks to enqueue and drain")
     parser.add_argument("--k", type=int, default=500, help="round trips to time")
     parser.add_argument("--repeat", type=int, default=1, help="runs per system (median shown)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
+    parser.add_argument(
+        "--systems",
+        default="polyq,celery,dramatiq-t1,dramatiq-t8",
+        help=f"comma-separated, from: {', '.join(SYSTEMS)}",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
