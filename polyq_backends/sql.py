@@ -21,13 +21,13 @@ Options (``result_backend_transport_options`` or the query string)
 
 Tables
 ------
-``<prefix>results (key PRIMARY KEY, value, expires_at)``: the key-value store.
+``<prefix>results (name PRIMARY KEY, value, expires_at)``: the key-value store.
 ``expires_at`` is a Unix time or NULL (no expiry); every read filters on it, so an
 expired value is never returned however late :meth:`SQLResultBackend.cleanup`
 (``polyq db cleanup``) deletes it. An index on ``expires_at`` keeps the cleanup cheap.
 
-``<prefix>sets (key PRIMARY KEY, size, expires_at)`` and
-``<prefix>set_members (key, member, PRIMARY KEY (key, member))``: ``add_to_set`` locks
+``<prefix>sets (name PRIMARY KEY, size, expires_at)`` and
+``<prefix>set_members (name, item, PRIMARY KEY (name, item))``: ``add_to_set`` locks
 the set's row (``SELECT ... FOR UPDATE``; SQLite's write lock), inserts the member
 unless present (the primary key makes a second insert of a member a no-op) and raises
 ``size`` only when the member was new. Concurrent adders of one set are therefore
@@ -38,9 +38,16 @@ members are counted once each, and exactly one adder sees the final count.
 duplicate key (a concurrent winner makes it a no-op, detected by the row count);
 expired → overwritten; live → refused. Exactly one of many concurrent callers wins.
 
+``get``, ``set``, ``set_if_absent`` and ``add_to_set`` run short hand-written SQL on the
+pooled DBAPI connection (a SQLite ``get`` through SQLAlchemy Core costs ~10x more);
+the rest uses Core. A transaction that the database picks as a deadlock victim is
+run again (up to three times).
+
 On PostgreSQL ``set`` sends ``NOTIFY <prefix>results, '<key>'`` in its transaction and
 ``wait`` listens on one connection per backend instance (shared by its threads), so a
-result is seen within milliseconds of its commit. The schema version is recorded in
+result is seen within milliseconds of its commit; once no thread waits, the
+connection stops listening (UNLISTEN), since unread notifications pile up in a
+queue shared by the whole server. The schema version is recorded in
 ``<prefix>meta`` under ``backend_schema_version``; see the transport for the upgrade
 policy.
 """
@@ -53,7 +60,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -157,7 +164,7 @@ class _Tables:
 
     def __init__(self, prefix: str) -> None:
         self.metadata = sa.MetaData()
-        mysql_args = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+        mysql_args: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
         blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
         self.results = sa.Table(
             f"{prefix}results",
@@ -325,14 +332,16 @@ class SQLResultBackend(ResultBackend):
         self._schema_ready = True
 
     def drop_schema(self) -> None:
-        """Drop this prefix's result tables (tests, uninstall). Leaves ``<prefix>meta``
-        when other tables of the prefix (the transport's) still use it."""
+        """Drop this prefix's result tables (tests, uninstall); ``<prefix>meta`` goes
+        too once no transport tables use it."""
+        t = self.tables
         with self._errors("dropping the polyq result tables"), self.engine.begin() as conn:
-            t = self.tables
             for table in (t.results, t.sets, t.members):
                 table.drop(conn, checkfirst=True)
-            if t.meta.name in sa.inspect(conn).get_table_names():
+            if sa.inspect(conn).has_table(t.meta.name):
                 conn.execute(sa.delete(t.meta).where(t.meta.c.name == "backend_schema_version"))
+                if conn.execute(sa.select(sa.func.count()).select_from(t.meta)).scalar_one() == 0:
+                    t.meta.drop(conn)
         self._schema_ready = False
 
     # -- SQL -----------------------------------------------------------------------
@@ -406,7 +415,7 @@ class SQLResultBackend(ResultBackend):
         except self._dbapi_error as exc:
             with contextlib.suppress(Exception):
                 conn.rollback()
-            if self.engine.dialect.is_disconnect(exc, conn.dbapi_connection, cursor):
+            if self.engine.dialect.is_disconnect(cast(Any, exc), conn.dbapi_connection, cursor):
                 conn.invalidate(exc)
             raise BrokerError(
                 redact(f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}")
