@@ -346,6 +346,7 @@ class Beat:
         self._refused: int | None = None  # a next slot another beat took first
         self._last_led: int | None = None
         self._cursors: dict[str, float] = {}
+        self._next_memo: dict[str, tuple[float, float]] = {}
         self._started_at: float | None = None
         self._stop = threading.Event()
         self._failed = False
@@ -481,8 +482,14 @@ class Beat:
     # -- planning and sending --------------------------------------------------------
 
     def _next(self, entry: Entry, after: float) -> float:
+        # Asked for the same cursor on every pass; a crontab takes a few ms to answer.
+        cached = self._next_memo.get(entry.name)
+        if cached is not None and cached[0] == after:
+            return cached[1]
         when = datetime.datetime.fromtimestamp(after, _UTC)
-        return entry.schedule.next_after(when, self.tz).timestamp()
+        result = entry.schedule.next_after(when, self.tz).timestamp()
+        self._next_memo[entry.name] = (after, result)
+        return result
 
     def plan(self, entry: Entry, cursor: float, now: float) -> list[float]:
         """Scheduled times (Unix) to send for runs in ``(cursor, now]`` (see the
@@ -577,7 +584,10 @@ class Beat:
                     break
                 cursor = due
             else:
-                cursor = max(cursor, now)
+                if self._next(entry, cursor) <= now:
+                    cursor = now  # missed runs the policy dropped
+            # The cursor stays on a scheduled time, so the next run is computed
+            # once per run rather than on every pass.
             self._cursors[entry.name] = cursor
 
     def _cleanup(self) -> None:
