@@ -50,7 +50,8 @@ headers, so the core dead-letters it with a reason instead of losing it.
 
 Receiving and leases
 --------------------
-``receive`` long-polls (``WaitTimeSeconds`` up to ``wait``, at most 20) for batches
+``receive`` long-polls (``WaitTimeSeconds``: ``wait`` rounded to the nearest whole
+second, at most 20; a shorter ``wait`` short-polls once, then sleeps) for batches
 of up to 10 with the transport's ``VisibilityTimeout``. With several queues it
 first takes what is ready on each, starting at a rotating queue so none starves,
 then long-polls one of them (rotating) for the rest of ``wait``. ``extend_lease``
@@ -553,16 +554,16 @@ class SQSTransport(Transport):
         polled = len(urls) > 1  # the short polls above count as this call's poll
         while not found:
             remaining = deadline - time.monotonic()
-            if remaining >= 1:
-                poll = min(self.wait_time_seconds, int(remaining))
-            elif not polled:
-                poll = 0
-            else:
-                # Under a second left and nothing there: wait it out rather than
-                # let a caller with a short ``wait`` spin on the API.
+            # SQS waits in whole seconds: rounded to the nearest, so ``wait=1`` long
+            # polls for a second (waking as soon as a message comes) rather than
+            # sleeping blind, at the price of overrunning ``wait`` by under half a second.
+            poll = min(self.wait_time_seconds, int(remaining + 0.5))
+            if poll < 1 and polled:
+                # Nothing there and too little time left to long-poll: wait it out
+                # rather than let a caller with a short ``wait`` spin on the API.
                 time.sleep(max(0.0, remaining))
                 return []
-            found += self._receive_from(queue, url, max_messages, poll)
+            found += self._receive_from(queue, url, max_messages, max(0, poll))
             polled = True
         # A full batch may hide more ready messages: take them without waiting.
         while len(found) < max_messages and len(found) % _BATCH == 0:
@@ -1067,24 +1068,33 @@ class _SQSSubscription(Subscription):
         self._url = url
         self._buffer: collections.deque[bytes] = collections.deque()
         self._beat = time.monotonic()
-        self._closed = False
-        self._lock = threading.Lock()
+        self._closed = threading.Event()
 
     def get(self, timeout: float) -> bytes | None:
         """The next broadcast, long-polling this subscriber's queue up to ``timeout``."""
         deadline = time.monotonic() + max(0.0, timeout)
+        polled = False
         while not self._buffer:
-            if self._closed:
+            if self._closed.is_set():
                 return None
-            self._heartbeat()
             remaining = deadline - time.monotonic()
-            wait = max(0, min(20, int(remaining)))
-            reply = self._transport._call(
-                "receive_message",
-                QueueUrl=self._url,
-                MaxNumberOfMessages=_BATCH,
-                WaitTimeSeconds=wait,
-            )
+            wait = min(20, int(remaining + 0.5))  # whole seconds, as in receive()
+            if wait < 1 and polled:
+                time.sleep(max(0.0, remaining))
+                return None
+            try:
+                self._heartbeat()
+                reply = self._transport._call(
+                    "receive_message",
+                    QueueUrl=self._url,
+                    MaxNumberOfMessages=_BATCH,
+                    WaitTimeSeconds=max(0, wait),
+                )
+            except botocore.exceptions.ClientError as exc:
+                if self._closed.is_set():
+                    return None  # closed from another thread while we listened
+                raise self._transport._error("listening for broadcasts", exc) from exc
+            polled = True
             raws = reply.get("Messages", [])
             if raws:
                 # Fire and forget: taken off the queue at once, held only in memory.
@@ -1093,13 +1103,6 @@ class _SQSSubscription(Subscription):
                     decoded = _decode(raw["Body"])
                     if decoded is not None:
                         self._buffer.append(decoded[1])
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining < 1:
-                if remaining > 0:
-                    time.sleep(remaining)
-                if not self._buffer:
-                    return None
         return self._buffer.popleft()
 
     def _heartbeat(self) -> None:
@@ -1112,10 +1115,9 @@ class _SQSSubscription(Subscription):
 
     def close(self) -> None:
         """Delete this subscriber's queue; idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        if self._closed.is_set():
+            return
+        self._closed.set()
         try:
             self._transport._call("delete_queue", QueueUrl=self._url)
         except botocore.exceptions.ClientError:
