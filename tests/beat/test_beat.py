@@ -407,3 +407,47 @@ def test_add_periodic_task_like_celery():
         add_periodic_task(app, 10, chain(add.s(1, 1), add.s(2)))
     with pytest.raises(ConfigurationError, match="unsupported option"):
         add_periodic_task(app, 10, add.s(1, 1), link=add.s(3))
+
+
+def test_leader_paused_inside_a_send_sends_that_run_once_late():
+    # The documented limit: a leader paused between its fence check and the
+    # publish publishes that one run late, and nobody sends it a second time.
+    import threading
+
+    tag = uuid.uuid4().hex[:8]
+    apps = []
+    for _ in range(2):
+        app = Polyq(f"beat{tag}", broker=f"memory://{tag}", backend=f"memory://{tag}")
+        app.conf.beat_schedule = {"tick": {"task": "t.tick", "schedule": 1.0}}
+        app.conf.beat_key_prefix = f"t{tag}-"
+        apps.append(app)
+    clock = Clock(T0 + 0.5)
+    a = Beat(apps[0], clock=clock, name="a", lease_time=2.0)
+    b = Beat(apps[1], clock=clock, name="b", lease_time=2.0)
+    a.tick()
+    assert a.is_leader()
+    b.tick()
+    entered, resume = threading.Event(), threading.Event()
+    real = apps[0].send_task
+
+    def stalled(*args, **kwargs):
+        entered.set()
+        resume.wait(10)
+        return real(*args, **kwargs)
+
+    apps[0].send_task = stalled  # type: ignore[method-assign]
+    clock.t = T0 + 1.0  # the run at T0 + 1 is due; a takes its key and stalls
+    paused = threading.Thread(target=a.tick)
+    paused.start()
+    assert entered.wait(5)
+    simulate(clock, [b], T0 + 8.0)  # meanwhile b takes over and runs
+    assert b.is_leader()
+    resume.set()
+    paused.join(5)
+    simulate(clock, [a, b], T0 + 10.0)
+    sent = drain(apps[0])
+    times = [s for _, s, _ in sent]
+    assert len(times) == len(set(times))
+    late = datetime.datetime.fromtimestamp(T0 + 1.0, datetime.UTC).isoformat()
+    assert [who for _, s, who in sent if s == late] == ["a"]
+    assert all(who == "b" for _, s, who in sent if s != late)
