@@ -114,6 +114,22 @@ def crash_once(self: Task, x: int, log: str | None = None) -> int:
     return x
 
 
+@signals.task_prerun.connect
+def _count_execution(sender: Any = None, task_id: str | None = None, **kwargs: Any) -> None:
+    # Every task body this worker starts, whatever the task (a helper task such as
+    # a chord-unlock poller would show up here): ``POLYQ_CANVAS_EXECUTIONS`` names the file.
+    path = os.environ.get("POLYQ_CANVAS_EXECUTIONS")
+    if path:
+        line = json.dumps(
+            {"task": getattr(sender, "name", None), "id": task_id, "pid": os.getpid()}
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+
 @signals.task_success.connect
 def _die_after_store(sender: Any = None, result: Any = None, **kwargs: Any) -> None:
     # ``task_success`` is sent after the result is stored and before the canvas

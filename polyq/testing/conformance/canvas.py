@@ -82,10 +82,14 @@ class _CanvasBase:
     worker_args: tuple[str, ...] = ()
 
     @pytest.fixture(scope="class")
-    def canvas_env(self, transport_url: str, backend_url: str) -> Iterator[dict[str, str]]:
+    def canvas_env(
+        self, transport_url: str, backend_url: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[dict[str, str]]:
         """Environment of the worker processes; the test process's app configured alike."""
         queue = f"canvas-{uuid.uuid4().hex[:10]}"
+        executions = tmp_path_factory.mktemp("canvas-executions") / "executions.jsonl"
         env = {
+            "POLYQ_CANVAS_EXECUTIONS": str(executions),
             "POLYQ_BROKER_URL": transport_url,
             "POLYQ_RESULT_BACKEND": backend_url,
             "POLYQ_BROKER_TRANSPORT_OPTIONS": json.dumps(
@@ -248,17 +252,25 @@ class CanvasStressSuite(_CanvasBase):
     # yet would stall them.
     worker_args = ("--prefetch-multiplier", "1")
 
-    def test_chord_of_1000_fires_once_with_results_in_order(self, log: str) -> None:
+    def test_chord_of_1000_fires_once_with_results_in_order(
+        self, log: str, canvas_env: dict[str, str], canvas_workers: list[WorkerProcess]
+    ) -> None:
         n = 1000
+        executions = canvas_env["POLYQ_CANVAS_EXECUTIONS"]
+        before = len(read_log(executions))
         result = chord(add.s(i, 0, log=log) for i in range(n))(collect.s(log=log))
         assert result.get(timeout=120) == list(range(n))
         time.sleep(0.5)
         records = read_log(log)
         tasks = collections.Counter(r["task"] for r in records)
         assert tasks == {"canvas.add": n, "canvas.collect": 1}, tasks
-        assert len(records) == n + 1
-        # members ran on both worker processes' pools
-        assert len({r["pid"] for r in records}) >= 2
+        # Exactly n + 1 task executions in the workers, of any task: no unlock or
+        # polling task ran.
+        assert len(read_log(executions)) - before == n + 1
+        # The header tasks ran in both worker processes.
+        pids = {r["pid"] for r in records}
+        for worker in canvas_workers:
+            assert pids & set(worker.children()), "a worker process ran no header task"
 
     def test_barrier_chords_fire_once_each(self, log: str, tmp_path: Any) -> None:
         size = self.workers * self.concurrency
