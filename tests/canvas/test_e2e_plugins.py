@@ -19,6 +19,8 @@ from polyq.testing import services
 from polyq.testing.conformance.canvas import CanvasStressSuite, CanvasSuite
 from tests.conformance.test_dynamodb import dynamodb_endpoint  # noqa: F401 - a fixture
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 @pytest.fixture(scope="class")
 def sqlite_transport(tmp_path_factory: pytest.TempPathFactory) -> str:

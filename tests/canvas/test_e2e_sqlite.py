@@ -6,6 +6,8 @@ import pytest
 
 from polyq.testing.conformance.canvas import CanvasStressSuite, CanvasSuite
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 @pytest.fixture(scope="class")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
