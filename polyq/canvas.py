@@ -54,6 +54,9 @@ publishes the body with its frozen, deterministic id and the message option
   keeps its message id and runs again, as any task does (at-least-once), and so
   does a ``retry()`` of it.
 
+(This needs the default late acknowledgement: a header task with
+``acks_late=False`` is acked before it runs, and nothing brings it back.)
+
 So the body runs once per successful chord, whichever worker finishes the last
 header task and whenever. Chain steps are sent with ``once`` too, so a step
 redelivered after its success does not run the rest of its chain twice.
