@@ -18,6 +18,8 @@ from polyq.testing.e2e_tasks import app, read_records, record, retry_twice
 from polyq.testing.worker import WorkerProcess
 from polyq_transports.sqs import SQSTransport
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 class TestSQSDynamoDBSmoke(SmokeSuite):
     @pytest.fixture(scope="class")
