@@ -1041,9 +1041,9 @@ class RabbitMQTransport(Transport):
                 "their queues",
                 _describe_close(reason),
             )
-            self._loop.create_task(self._reopen_consumer())
+            self._loop.create_task(self._sync_quietly())
 
-    async def _reopen_consumer(self) -> None:
+    async def _sync_quietly(self) -> None:
         with contextlib.suppress(Exception):
             await self._sync_consumers()
 
@@ -1159,18 +1159,23 @@ class RabbitMQTransport(Transport):
         deadline = time.monotonic() + max(wait, 0.0)
         with self._cond:
             demand = sum(self._held.values()) + max_messages
-            changed = wanted != self._want or (
-                self.prefetch_count is None and demand != self._demand
-            )
+            moved = wanted != self._want
+            # The prefetch only grows with demand (until the queues change): a worker
+            # asks for its free slots, so demand stays level, and a lower qos would
+            # not take back what the broker already sent.
+            grow = self.prefetch_count is None and demand > self._demand
+            if moved or grow:
+                self._demand = demand if moved else max(demand, self._demand)
             self._want = wanted
-            self._demand = demand
-        if changed:
+        if moved:
             try:
                 self._sync(deadline)
             except BaseException:
                 with self._cond:
                     self._want = ()  # so that the next call tries again
                 raise
+        elif grow:
+            self._soon(self._sync_soon)
         names = set(wanted)
         with self._cond:
             while True:
@@ -1200,6 +1205,11 @@ class RabbitMQTransport(Transport):
                     raise
         except pika.exceptions.AMQPError as exc:
             raise BrokerError(f"RabbitMQ at {redact(self.url)}: {exc!r}") from exc
+
+    def _sync_soon(self) -> None:
+        """Apply a larger prefetch without making the caller wait for it."""
+        if self._up is not None and self._up.is_set():
+            self._loop.create_task(self._sync_quietly())  # errors surface on the next sync
 
     async def _sync_when_up(self) -> None:
         assert self._up is not None
