@@ -17,7 +17,9 @@ and the credentials may not create any), ``visibility_timeout`` (default 1800 s)
 ``wait_time_seconds`` (longest single long poll, default 20), ``max_native_delay``
 (default 900: the longest delay SQS is asked to hold; see *Delays*),
 ``message_group_id`` (default group of FIFO queues), ``max_message_size`` (see
-*The wire format*), ``profile_name``,
+*The wire format*), ``message_retention_period`` (of the queues polyq creates:
+default 14 days, SQS's longest, rather than its default of 4 days, after which SQS
+deletes a waiting message without a trace), ``profile_name``,
 ``aws_access_key_id``/``aws_secret_access_key``/``aws_session_token``,
 ``connect_timeout``/``read_timeout``/``max_attempts`` (botocore's), and the
 broadcast options below. Credentials are never printed: error messages quote the
@@ -299,6 +301,14 @@ class SQSTransport(Transport):
             self.capabilities = dataclasses.replace(  # type: ignore[misc]
                 type(self).capabilities, **changes
             )
+        # SQS deletes a message older than the queue's retention without a trace, so
+        # queues polyq creates keep messages as long as SQS allows (14 days, not 4).
+        self.retention = int(options.get("message_retention_period", 1_209_600))
+        if not 60 <= self.retention <= 1_209_600:
+            raise ConfigurationError(
+                f"message_retention_period={self.retention!r}: SQS keeps messages 60 to "
+                "1209600 seconds (14 days)"
+            )
         self.default_group = options.get("message_group_id")
         self.broadcast_heartbeat = float(options.get("broadcast_heartbeat", 60.0))
         self.broadcast_orphan_age = float(options.get("broadcast_orphan_age", 600.0))
@@ -378,7 +388,10 @@ class SQSTransport(Transport):
                 return None
             # Dead letters carry a reason on top of the message: give them the most room.
             size = _LARGEST_SIZE if name.endswith("-dlq") else self.queue_max_size
-            attributes = {"MaximumMessageSize": str(size)}
+            attributes = {
+                "MaximumMessageSize": str(size),
+                "MessageRetentionPeriod": str(self.retention),
+            }
             if _is_fifo(sqs_name):
                 attributes["FifoQueue"] = "true"
             try:
@@ -742,7 +755,9 @@ class SQSTransport(Transport):
     def extend_lease(self, deliveries: Sequence[Delivery]) -> None:
         """Restart each lease at ``visibility_timeout`` (``ChangeMessageVisibilityBatch``)."""
         by_url: dict[str, list[Delivery]] = collections.defaultdict(list)
-        for delivery in deliveries:
+        # A batch may not name a message twice: one entry per receipt handle.
+        unique = {d.receipt.handle: d for d in deliveries}
+        for delivery in unique.values():
             by_url[delivery.receipt.queue_url].append(delivery)
         for url, held in by_url.items():
             for i in range(0, len(held), _BATCH):

@@ -140,9 +140,12 @@ def test_queues_created_with_the_configured_size(url: str, sqs: Any) -> None:
     body = bytes(range(256)) * 2048  # 512 KiB of binary: 683 KiB in base64
     t.publish([OutgoingMessage("big", body, "big-1")])
     attributes = sqs.get_queue_attributes(
-        QueueUrl=_queue_url(t, "big"), AttributeNames=["MaximumMessageSize"]
+        QueueUrl=_queue_url(t, "big"),
+        AttributeNames=["MaximumMessageSize", "MessageRetentionPeriod"],
     )["Attributes"]
     assert attributes["MaximumMessageSize"] == "1048576"
+    # SQS's default of 4 days would silently delete a backlog older than that.
+    assert attributes["MessageRetentionPeriod"] == "1209600"
     assert _until(t, ["big"], 1, 5)[0].body == body
 
 
