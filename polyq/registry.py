@@ -22,7 +22,7 @@ from polyq.exceptions import UnknownScheme
 from polyq.transport import Transport
 from polyq.url import query_options, redact, scheme_of
 
-__all__ = ["TRANSPORT_GROUP", "BACKEND_GROUP", "create_backend", "create_transport", "resolve"]
+__all__ = ["BACKEND_GROUP", "TRANSPORT_GROUP", "create_backend", "create_transport", "resolve"]
 
 TRANSPORT_GROUP = "polyq.transports"
 BACKEND_GROUP = "polyq.backends"
@@ -90,7 +90,7 @@ def _load(ep: EntryPoint, scheme: str, group: str) -> type[Any]:
         extra = _EXTRAS.get(scheme, scheme)
         raise UnknownScheme(
             f"the {scheme}:// plugin ({ep.value}) needs a client library that is not "
-            f"installed ({exc}); fix it with: pip install \"polyq[{extra}]\""
+            f'installed ({exc}); fix it with: pip install "polyq[{extra}]"'
         ) from exc
     base = Transport if group == TRANSPORT_GROUP else ResultBackend
     if not (isinstance(cls, type) and issubclass(cls, base)):

@@ -71,7 +71,7 @@ def _pickle_dumps(value: Any) -> bytes:
 def _pickle_loads(data: bytes) -> Any:
     import pickle
 
-    return pickle.loads(data)  # noqa: S301 - reached only when pickle is in accept_content
+    return pickle.loads(data)
 
 
 _SERIALIZERS = {
@@ -151,6 +151,4 @@ def _codec(method: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], byt
     try:
         return _COMPRESSORS[method]
     except KeyError:
-        raise ConfigurationError(
-            f"unknown compression {method!r}; choose gzip or zlib"
-        ) from None
+        raise ConfigurationError(f"unknown compression {method!r}; choose gzip or zlib") from None

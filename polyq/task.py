@@ -177,7 +177,7 @@ class Task:
         """An immutable signature: it ignores a parent's result."""
         return self.signature(args, kwargs, immutable=True)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult:
         """A result handle for ``task_id`` of this task."""
         return AsyncResult(task_id, app=self.app, task_name=self.name)
 

@@ -8,7 +8,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["query_options", "redact", "scheme_of"]
 
-_CREDENTIALS = re.compile(r"(?P<head>[a-z0-9+.\-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.I)
+_CREDENTIALS = re.compile(
+    r"(?P<head>[a-z0-9+.\-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)", re.I
+)
 _SECRET_QUERY = re.compile(
     r"(?P<head>[?&](?:password|passwd|secret|token|aws_secret_access_key|sas_token)=)[^&\s]*", re.I
 )

@@ -16,10 +16,14 @@ that return them (skipping when neither the option nor the variable is given).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
+from polyq.app import Polyq
 from polyq.testing import services
+from polyq.testing.worker import start_worker
+from polyq.worker import Worker
 from polyq.url import redact
 
 # -- options -------------------------------------------------------------------------
@@ -76,6 +80,31 @@ def polyq_backend_url(pytestconfig: pytest.Config) -> str:
     if not url:
         pytest.skip("no backend URL: pass --polyq-backend-url or set POLYQ_TEST_BACKEND_URL")
     return url
+
+
+@pytest.fixture
+def polyq_config() -> dict[str, object]:
+    """Settings for :func:`polyq_app`; override this fixture to change them."""
+    return {"broker_url": "memory://", "result_backend": "memory://"}
+
+
+@pytest.fixture
+def polyq_app(polyq_config: dict[str, object]) -> Iterator[Polyq]:
+    """A fresh app configured by :func:`polyq_config` (in-memory broker and results
+    by default), closed after the test. Define tasks on it inside the test."""
+    app = Polyq("polyq-test", **polyq_config)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def polyq_worker(polyq_app: Polyq) -> Iterator[Worker]:
+    """A real worker for :func:`polyq_app`, running in a thread of the test process
+    (threads pool): tasks sent with ``.delay()`` run and their results can be read."""
+    with start_worker(polyq_app, pool="threads", concurrency=2) as worker:
+        yield worker
 
 
 # -- reporting -----------------------------------------------------------------------

@@ -47,6 +47,8 @@ def start_worker(
     )
     thread = threading.Thread(target=worker.start, name="polyq-test-worker", daemon=True)
     thread.start()
+    if not worker.ready.wait(30):
+        raise RuntimeError("the test worker did not start within 30s")
     try:
         yield worker
     finally:

@@ -125,6 +125,8 @@ class Worker:
         self._dispatch_lock = threading.Lock()
         self._acks: queue.SimpleQueue[tuple[Result | None, Delivery | None]] = queue.SimpleQueue()
         self._stop_consuming = threading.Event()
+        #: Set once the pool and the worker's threads are running.
+        self.ready = threading.Event()
         self._stopped = threading.Event()
         self._cold = False
         self._revoked: set[str] = set()
@@ -202,6 +204,7 @@ class Worker:
             self.app.backend.describe(),
         )
         signals.worker_ready.send(sender=self)
+        self.ready.set()
         try:
             self.pool.run_forever(self._stop_consuming)
             self._stopped.wait()
@@ -230,7 +233,19 @@ class Worker:
             self.pool.stop(wait=False)
             return
         self._shutting_down = True
+        self.ready.wait(30)  # a stop that races start() waits for the pool to exist
         logger.info("%s shutdown: %s", "warm" if warm else "cold", self.hostname)
+        try:
+            self._drain_and_stop(warm)
+        except Exception:
+            logger.exception("error during shutdown of %s", self.hostname)
+        finally:
+            try:
+                self.transport.close()
+            finally:
+                self._stopped.set()
+
+    def _drain_and_stop(self, warm: bool) -> None:
         with self._cond:
             returned = list(self._pending) + [job for _, _, job in self._delayed]
             self._pending.clear()
@@ -248,11 +263,6 @@ class Worker:
         for thread in self._threads:
             if thread.name in ("polyq-acker", "polyq-consumer"):
                 thread.join(timeout=10)
-        self.events.close()  # monitoring: worker-offline and the last events
-        try:
-            self.transport.close()
-        finally:
-            self._stopped.set()
 
     def _give_back(self, key: int) -> None:
         with self._cond:
