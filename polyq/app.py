@@ -12,7 +12,7 @@ import threading
 import time
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, cast, overload
 
 from polyq import signals
 from polyq.backend import ResultBackend
@@ -21,6 +21,7 @@ from polyq.exceptions import BrokerError, ConfigurationError
 from polyq.message import TaskMessage, encode
 from polyq.registry import create_backend, create_transport
 from polyq.result import AsyncResult
+from polyq.result import AsyncResult as _Result
 from polyq.serialization import accepted_types
 from polyq.task import Task, current_request
 from polyq.transport import OutgoingMessage, Transport
@@ -54,7 +55,7 @@ def shared_task(*args: Any, **options: Any) -> Any:
 
     def decorate(fun: Callable[..., Any]) -> Task:
         def register(app: Polyq) -> Task:
-            return cast(Task, app.task(**options)(fun))
+            return app.task(**options)(fun)
 
         _shared_tasks.append(register)
         for app in _current:
@@ -256,6 +257,12 @@ class Polyq:
         self.finalize()
         return self._tasks
 
+    @overload
+    def task(self, fun: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(self, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
     def task(self, *args: Any, **options: Any) -> Any:
         """Decorator making a function a task: ``@app.task`` or ``@app.task(**options)``.
 
@@ -364,7 +371,9 @@ class Polyq:
         if priority is None:
             priority = self.conf.task_default_priority
         if not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise ValueError(f"priority must be an int from 0 to 9 (higher runs first), not {priority!r}")
+            raise ValueError(
+                f"priority must be an int from 0 to 9 (higher runs first), not {priority!r}"
+            )
         if expires is None and task is not None:
             expires = task.expires
         parent = current_request.get()
@@ -495,15 +504,19 @@ class Polyq:
                     raise
                 logger.warning(
                     "publish to %s failed (%s); retry %d/%d in %.1fs",
-                    redact(transport.describe()), redact(str(exc)), attempt + 1, attempts, pause,
+                    redact(transport.describe()),
+                    redact(str(exc)),
+                    attempt + 1,
+                    attempts,
+                    pause,
                 )
                 time.sleep(pause)
-                pause = min(pause + float(policy.get("interval_step", 0.2)),
-                            float(policy.get("interval_max", 1.0)))
+                pause = min(
+                    pause + float(policy.get("interval_step", 0.2)),
+                    float(policy.get("interval_max", 1.0)),
+                )
 
-    def _route(
-        self, name: str, args: Any, kwargs: Any, task: Task | None
-    ) -> dict[str, Any]:
+    def _route(self, name: str, args: Any, kwargs: Any, task: Task | None) -> dict[str, Any]:
         routes = self.conf.task_routes
         if not routes:
             return {}
@@ -511,9 +524,11 @@ class Polyq:
             found: Any = None
             if callable(router):
                 params = inspect.signature(router).parameters
-                found = router(name, args, kwargs, {}, task=task) if "task" in params or any(
-                    p.kind is p.VAR_KEYWORD for p in params.values()
-                ) else router(name, args, kwargs, {})
+                found = (
+                    router(name, args, kwargs, {}, task=task)
+                    if "task" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+                    else router(name, args, kwargs, {})
+                )
             elif isinstance(router, dict):
                 for pattern, value in router.items():
                     if pattern == name or fnmatch.fnmatchcase(name, pattern):
@@ -531,7 +546,7 @@ class Polyq:
                 value = value.replace(
                     tzinfo=datetime.UTC if self.conf.enable_utc else self.timezone
                 )
-            return value.timestamp()
+            return float(value.timestamp())
         if isinstance(value, datetime.timedelta):
             return time.time() + value.total_seconds()
         if isinstance(value, int | float):
@@ -554,17 +569,17 @@ class Polyq:
 
     # -- conveniences ----------------------------------------------------------
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult:
         """A result handle for ``task_id``."""
         return AsyncResult(task_id, app=self)
 
-    def GroupResult(self, group_id: str, results: Sequence[AsyncResult]) -> Any:  # noqa: N802
+    def GroupResult(self, group_id: str, results: Sequence[_Result]) -> Any:
         """A group result handle."""
         from polyq.result import GroupResult
 
         return GroupResult(group_id, results, app=self)
 
-    def Worker(self, **options: Any) -> Any:  # noqa: N802 - Celery's name
+    def Worker(self, **options: Any) -> Any:
         """A :class:`polyq.worker.Worker` for this app."""
         from polyq.worker import Worker
 

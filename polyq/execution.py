@@ -390,7 +390,13 @@ class EagerResult(AsyncResult):
     def _record(self) -> dict[str, Any]:
         return self._eager
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> Any:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> Any:
         """The value, or the task's own exception object (eager keeps it as raised)."""
         if self._exc is not None:
             if propagate:

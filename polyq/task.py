@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -309,14 +308,10 @@ class Task:
         import random
 
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
-        countdown = min(self.retry_backoff_max, factor * (2**retries))
+        countdown = float(min(self.retry_backoff_max, factor * (2**retries)))
         if self.retry_jitter:
             countdown = random.uniform(0, countdown)
         return countdown
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
-
-
-def _monotonic() -> float:  # pragma: no cover - kept tiny for patching in tests
-    return time.monotonic()

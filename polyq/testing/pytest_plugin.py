@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from polyq.app import Polyq
 from polyq.testing import services
 from polyq.testing.worker import start_worker
-from polyq.worker import Worker
 from polyq.url import redact
+from polyq.worker import Worker
 
 # -- options -------------------------------------------------------------------------
 
@@ -83,13 +84,13 @@ def polyq_backend_url(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture
-def polyq_config() -> dict[str, object]:
+def polyq_config() -> dict[str, Any]:
     """Settings for :func:`polyq_app`; override this fixture to change them."""
     return {"broker_url": "memory://", "result_backend": "memory://"}
 
 
 @pytest.fixture
-def polyq_app(polyq_config: dict[str, object]) -> Iterator[Polyq]:
+def polyq_app(polyq_config: dict[str, Any]) -> Iterator[Polyq]:
     """A fresh app configured by :func:`polyq_config` (in-memory broker and results
     by default), closed after the test. Define tasks on it inside the test."""
     app = Polyq("polyq-test", **polyq_config)
