@@ -102,7 +102,11 @@ class TestDynamoDBBackendCanvas(_LocalTransport, CanvasSuite):
         return f"{dynamodb_endpoint}&table=pqc_{uuid.uuid4().hex[:8]}"
 
 
+@pytest.mark.timeout(300)
 class TestDynamoDBBackendCanvasStress(_LocalTransport, CanvasStressSuite):
+    # moto serves DynamoDB one request at a time here: ~1 minute for 1,000 members.
+    big_chord_timeout = 240.0
+
     @pytest.fixture(scope="class")
     def backend_url(self, dynamodb_endpoint: str) -> str:  # noqa: F811
         return f"{dynamodb_endpoint}&table=pqc_{uuid.uuid4().hex[:8]}"

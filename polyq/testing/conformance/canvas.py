@@ -251,6 +251,8 @@ class CanvasStressSuite(_CanvasBase):
     # both workers at once, and a worker holding two barrier tasks it cannot run
     # yet would stall them.
     worker_args = ("--prefetch-multiplier", "1")
+    #: Seconds the 1,000-member chord may take (raise it for slow emulators).
+    big_chord_timeout = 120.0
 
     def test_chord_of_1000_fires_once_with_results_in_order(
         self, log: str, canvas_env: dict[str, str], canvas_workers: list[WorkerProcess]
@@ -259,7 +261,7 @@ class CanvasStressSuite(_CanvasBase):
         executions = canvas_env["POLYQ_CANVAS_EXECUTIONS"]
         before = len(read_log(executions))
         result = chord(add.s(i, 0, log=log) for i in range(n))(collect.s(log=log))
-        assert result.get(timeout=120) == list(range(n))
+        assert result.get(timeout=self.big_chord_timeout) == list(range(n))
         time.sleep(0.5)
         records = read_log(log)
         tasks = collections.Counter(r["task"] for r in records)
