@@ -527,17 +527,22 @@ def main() -> None:
         (base / "rabbit").mkdir()
         rabbit = Rabbit(base / "rabbit")
         try:
-            table = {}
-            for name in args.systems.split(","):
-                runs = []
-                for _ in range(args.repeat):
+            names = args.systems.split(",")
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+            # Rounds interleave the systems, so a busy moment of the machine does not
+            # land on one system's runs only.
+            for _ in range(args.repeat):
+                for name in names:
                     figures = run_system(
                         name, rabbit, f"redis://127.0.0.1:{redis_port}", args.n, args.k,
                         base / f"{name}.log",
                     )  # fmt: skip
-                    runs.append(figures)
+                    runs[name].append(figures)
                     print(f"{name}: {figures}", file=sys.stderr, flush=True)
-                table[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            table = {
+                name: {key: statistics.median(r[key] for r in done) for key in done[0]}
+                for name, done in runs.items()
+            }
         finally:
             rabbit.stop()
             redis_server.terminate()
