@@ -420,6 +420,9 @@ class Signature(dict[str, Any]):
     def __or__(self, other: Any) -> chain:  # type: ignore[override]
         return chain(self, other, app=self._app)
 
+    def __ror__(self, other: Any) -> chain:  # type: ignore[override]
+        return chain(other, self, app=self._app)
+
     def __reduce__(self) -> Any:
         return (from_dict, (_plain(self),))
 
