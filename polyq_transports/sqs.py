@@ -112,7 +112,18 @@ are costly on AWS. A subscriber tags its queue with a heartbeat at most every
 workers go away. ``ListQueues`` is eventually consistent on AWS: a subscriber may
 miss broadcasts sent in the first seconds after ``subscribe`` returned.
 
-Priorities are not native to SQS and are not emulated (``priority`` is false).
+Priorities
+----------
+SQS has none. By default polyq declares ``priority`` false and ignores it. With the
+option ``priority_steps`` (e.g. ``"0,5,9"``, or all ten levels ``"0,1,2,3,4,5,6,7,8,9"``)
+it routes by priority to separate SQS queues, one per step: a message goes to the
+queue of the highest step not above its priority, ``<queue>`` for the lowest step
+and ``<queue>-p<step>`` for the others (``<base>-p<step>.fifo`` for FIFO queues), and
+``receive`` takes what is ready from the highest band down before long-polling the
+lowest, then declares ``priority`` true. The order is as good as SQS's short polls,
+which on AWS sample a subset of servers: mostly, not strictly, higher first. Each
+band costs an extra ``ReceiveMessage`` per receive while the queues are empty.
+
 Standard queues may deliver a message twice without any failure
 (``may_duplicate``); FIFO queues do not, but capabilities are per class.
 """
@@ -202,6 +213,22 @@ def _base(name: str) -> str:
     return name[:-5] + "-fifo" if _is_fifo(name) else name
 
 
+def _parse_steps(value: Any) -> list[int]:
+    """``priority_steps`` as sorted distinct levels 0..9 (a list, or "0,5,9")."""
+    items = value.split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, list | tuple) else [items]
+    try:
+        steps = sorted({int(str(item).strip()) for item in items})
+    except ValueError:
+        steps = []
+    if len(steps) < 2 or steps[0] < 0 or steps[-1] > 9:
+        raise ConfigurationError(
+            f"priority_steps={value!r}: give two or more priority levels that get a queue "
+            'of their own, between 0 and 9, e.g. priority_steps="0,5,9" (or a list)'
+        )
+    return steps
+
+
 def _encode(fields: dict[str, Any], body: bytes) -> str:
     """The envelope as SQS-safe text (see the module docstring)."""
     encoded = base64.b64encode(body).decode("ascii")
@@ -237,6 +264,12 @@ def _decode(text: str) -> tuple[dict[str, Any], bytes] | None:
         return fields, str(fields["t"]).encode("utf-8")
     except (KeyError, binascii.Error):
         return None
+
+
+def _priority(raw: dict[str, Any]) -> int:
+    """The priority recorded in a raw SQS message's envelope (0 if none)."""
+    decoded = _decode(raw["Body"])
+    return int(decoded[0].get("p", 0)) if decoded else 0
 
 
 def _seconds(value: float, limit: int) -> int:
@@ -296,11 +329,6 @@ class SQSTransport(Transport):
             changes["max_delay"] = self.max_native_delay
         if self.queue_max_size != _DEFAULT_MAX_SIZE:
             changes["max_message_size"] = _body_limit(self.queue_max_size)
-        if changes:
-            # An instance attribute: the core hops ETAs and sizes messages by these.
-            self.capabilities = dataclasses.replace(  # type: ignore[misc]
-                type(self).capabilities, **changes
-            )
         # SQS deletes a message older than the queue's retention without a trace, so
         # queues polyq creates keep messages as long as SQS allows (14 days, not 4).
         self.retention = int(options.get("message_retention_period", 1_209_600))
@@ -310,8 +338,18 @@ class SQSTransport(Transport):
                 "1209600 seconds (14 days)"
             )
         self.default_group = options.get("message_group_id")
+        steps = options.get("priority_steps")
+        self.priority_steps = _parse_steps(steps) if steps not in (None, "", False) else None
+        if self.priority_steps:
+            changes["priority"] = True
         self.broadcast_heartbeat = float(options.get("broadcast_heartbeat", 60.0))
         self.broadcast_orphan_age = float(options.get("broadcast_orphan_age", 600.0))
+        if changes:
+            # An instance attribute: the core hops ETAs, sizes messages and orders
+            # priorities by these.
+            self.capabilities = dataclasses.replace(  # type: ignore[misc]
+                type(self).capabilities, **changes
+            )
 
         session_args: dict[str, Any] = {}
         if parts.username:
@@ -436,6 +474,23 @@ class SQSTransport(Transport):
             if url:
                 self._max_sizes.pop(url, None)
 
+    def _band(self, queue: str, priority: int) -> str:
+        """The SQS-side queue holding ``queue``'s messages of ``priority``: the queue
+        itself for the lowest step (and without ``priority_steps``), else
+        ``<queue>-p<step>``."""
+        if not self.priority_steps:
+            return queue
+        step = max([s for s in self.priority_steps if s <= priority] or [self.priority_steps[0]])
+        if step == self.priority_steps[0]:
+            return queue
+        if _is_fifo(queue):
+            return f"{queue[:-5]}-p{step}.fifo"
+        return f"{queue}-p{step}"
+
+    def _bands(self, queue: str) -> list[str]:
+        """The queues holding ``queue``'s messages, highest priority first."""
+        return [self._band(queue, s) for s in reversed(self.priority_steps or [0])]
+
     # -- producing ---------------------------------------------------------------
 
     def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
@@ -458,7 +513,7 @@ class SQSTransport(Transport):
             if delay > self.max_native_delay:
                 fields["due"] = now + delay
                 delay = self.max_native_delay
-            target = message.queue
+            target = self._band(message.queue, message.priority)
             entry: dict[str, Any] = {}
             if _is_fifo(message.queue):
                 group_id = str(
@@ -550,20 +605,28 @@ class SQSTransport(Transport):
             start = self._rotation % len(queues)
             self._rotation += 1
         order = list(queues[start:]) + list(queues[:start])
-        urls = [(q, self._require_url(q)) for q in order]
-        for queue, _ in urls:
+        for queue in order:
             if _is_fifo(queue):
                 self._forward_due(queue)
+        # Every (queue, SQS queue) to poll, highest priority band first.
+        bands = {queue: self._bands(queue) for queue in order}
+        urls = [
+            (queue, self._require_url(bands[queue][level]))
+            for level in range(len(bands[order[0]]))
+            for queue in order
+        ]
         found: list[Delivery] = []
         if len(urls) > 1:
-            # What is ready everywhere first, so a busy queue cannot starve another.
+            # What is ready everywhere first (higher bands first), so a busy queue
+            # cannot starve another.
             for queue, url in urls:
                 found += self._receive_from(queue, url, max_messages - len(found), 0)
                 if len(found) >= max_messages:
                     return found
             if found:
                 return found
-        queue, url = urls[0]
+        # Then a long poll on the first queue's lowest band, where most messages go.
+        queue, url = urls[-len(order)]
         polled = len(urls) > 1  # the short polls above count as this call's poll
         while not found:
             remaining = deadline - time.monotonic()
@@ -657,7 +720,6 @@ class SQSTransport(Transport):
         delay_url = self._queue_url(delay_queue, create=False)
         if delay_url is None:
             return
-        fifo_url = self._require_url(queue)
         while True:
             try:
                 reply = self._call(
@@ -672,11 +734,12 @@ class SQSTransport(Transport):
             raws = reply.get("Messages", [])
             if not raws:
                 return
-            forward: list[tuple[dict[str, Any], int]] = []
+            forward: dict[str, list[tuple[dict[str, Any], int]]] = collections.defaultdict(list)
             later: list[tuple[dict[str, Any], bytes, dict[str, Any]]] = []
             for raw in raws:
                 decoded = _decode(raw["Body"])
                 group_id = _sqs_name(queue)
+                target = queue
                 if decoded is None:
                     # Not ours: forwarded as is, so the core dead-letters it with a reason.
                     text = raw["Body"]
@@ -686,6 +749,7 @@ class SQSTransport(Transport):
                         later.append((fields, body, raw))
                         continue
                     group_id = str(fields.get("g") or group_id)
+                    target = self._band(queue, int(fields.get("p", 0)))
                     clean = {k: v for k, v in fields.items() if k not in ("q", "g", "due")}
                     text = _encode(clean, body)
                 entry = {
@@ -694,9 +758,9 @@ class SQSTransport(Transport):
                     # The delay queue's id: a repeated forward is dropped by SQS.
                     "MessageDeduplicationId": raw["MessageId"],
                 }
-                forward.append((entry, len(entry["MessageBody"].encode("utf-8"))))
-            if forward:
-                self._send(queue, fifo_url, forward)
+                forward[target].append((entry, len(entry["MessageBody"].encode("utf-8"))))
+            for target, entries in forward.items():
+                self._send(target, self._require_url(target), entries)
             if later:
                 self._hop(delay_queue, delay_url, later)
             waiting = {raw["ReceiptHandle"] for _, _, raw in later}
@@ -841,14 +905,14 @@ class SQSTransport(Transport):
 
     def size(self, queue: str) -> int:
         """SQS's approximate count of ready, delayed and in-flight messages."""
-        total = self._counts(queue)
+        total = sum(self._counts(band) for band in self._bands(queue))
         if _is_fifo(queue):
             total += self._counts(_base(queue) + "-delay")
         return total
 
     def purge(self, queue: str) -> int:
         """``PurgeQueue`` (see *Dead letters, purge, size*); returns the approximate count."""
-        removed = self._purge(queue)
+        removed = sum(self._purge(band) for band in self._bands(queue))
         if _is_fifo(queue):
             removed += self._purge(_base(queue) + "-delay")
         return removed
@@ -887,6 +951,8 @@ class SQSTransport(Transport):
         for url in self._list(self.prefix):
             name = url.rsplit("/", 1)[-1][len(self.prefix) :]
             if name.startswith(_BROADCAST) or re.search(r"-(dlq|delay)$", name):
+                continue
+            if self.priority_steps and re.search(r"-p\d(\.fifo)?$", name):
                 continue
             names.append(name)
         return sorted(names)
@@ -999,7 +1065,10 @@ class SQSTransport(Transport):
         self._release(url, rest)
         if chosen:
             self.publish(
-                [OutgoingMessage(queue, d.body, d.message_id, d.headers, 0.0, 0) for d, _ in chosen]
+                [
+                    OutgoingMessage(queue, d.body, d.message_id, d.headers, 0.0, _priority(raw))
+                    for d, raw in chosen
+                ]
             )
             self._delete(url, [raw["ReceiptHandle"] for _, raw in chosen])
         return len(chosen)

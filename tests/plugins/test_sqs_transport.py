@@ -327,3 +327,61 @@ def test_calls_are_batched(transport: SQSTransport) -> None:
     assert calls["DeleteMessageBatch"] <= 4
     assert calls["ChangeMessageVisibilityBatch"] == 3
     assert calls["ReceiveMessage"] <= 5
+
+
+# -- priority bands ------------------------------------------------------------------------
+
+
+def test_priorities_are_off_by_default(transport: SQSTransport) -> None:
+    assert transport.capabilities.priority is False
+    transport.publish([_msg("np", 1, priority=9)])
+    assert transport.queues() == ["np"]
+
+
+def test_every_priority_level_in_order(url: str) -> None:
+    t = create_transport(url, priority_steps="0,1,2,3,4,5,6,7,8,9")
+    assert t.capabilities.priority is True
+    assert SQSTransport.capabilities.priority is False
+    priorities = [3, 0, 9, 5, 1, 7, 2, 8, 4, 6]
+    for p in priorities:
+        t.publish([_msg("prio", p, priority=p)])
+    assert t.size("prio") == 10
+    order = []
+    for _ in priorities:
+        (d,) = t.receive(["prio"], 1, 1.0)
+        assert d.queue == "prio"
+        order.append(d.priority)
+        t.ack([d])
+    assert order == sorted(priorities, reverse=True)
+    assert t.queues() == ["prio"]
+
+
+def test_priority_steps_group_levels(url: str) -> None:
+    t = create_transport(url, priority_steps=[0, 5, 9])
+    t.publish([_msg("steps", p, priority=p) for p in (0, 4, 5, 8, 9)])
+    assert t._band("steps", 4) == "steps" and t._band("steps", 8) == "steps-p5"
+    got = [d.priority for d in _until(t, ["steps"], 5, 5)]
+    assert got[0] == 9 and set(got[1:3]) == {5, 8} and set(got[3:]) == {0, 4}
+    t.publish([_msg("steps", p, priority=p) for p in (0, 9)])
+    assert t.purge("steps") == 2
+
+
+def test_priority_on_fifo_with_a_delay(url: str) -> None:
+    t = create_transport(url, priority_steps="0,9")
+    q = "pf.fifo"
+    t.publish([_msg(q, "low", priority=0)])
+    t.publish([_msg(q, "high", priority=9, delay=1)])
+    got = _until(t, [q], 1, 3)
+    assert [d.message_id for d in got] == ["id-low"]
+    got = _until(t, [q], 1, 5)
+    assert [(d.message_id, d.priority) for d in got] == [("id-high", 9)]
+    assert t._queue_url("pf-p9.fifo", create=False) is not None
+
+
+@pytest.mark.parametrize("steps", ["", "10", "a,b", [-1, 3], 5])
+def test_bad_priority_steps(url: str, steps: Any) -> None:
+    if steps == "":
+        assert create_transport(url, priority_steps=steps).capabilities.priority is False
+        return
+    with pytest.raises(ConfigurationError, match="priority_steps"):
+        create_transport(url, priority_steps=steps)
