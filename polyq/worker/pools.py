@@ -415,26 +415,28 @@ class PreforkPool(Pool):
             child.conn.send(job)
         except OSError:
             pass  # the child died; the monitor reports the job as worker_lost
+        if job.time_limit:
+            self._wake()  # the monitor must shorten its wait to this job's deadline
+
+    def _wake(self) -> None:
         os.write(self._wake_w, b"x")
 
     def free_slots(self) -> int:
+        # No liveness check here (it costs a waitpid per child): a dead child is
+        # reaped by the monitor, and a job sent to it is reported as worker_lost.
         with self.lock:
-            idle = sum(
-                1
-                for c in self._children
-                if c.job is None and not c.retiring and c.process.is_alive()
-            )
+            idle = sum(1 for c in self._children if c.job is None and not c.retiring)
             return max(0, min(idle, self.concurrency - len(self.running)))
 
     def _watch(self) -> None:
         while True:
             with self.lock:
                 children = list(self._children)
+            # Every child's pipe is watched, busy or not, so a new job needs no wake-up.
             waitables: list[Any] = [self._wake_r]
             for c in children:
                 waitables.append(c.process.sentinel)
-                if c.job is not None:
-                    waitables.append(c.conn)
+                waitables.append(c.conn)
             ready = multiprocessing.connection.wait(waitables, timeout=self._next_deadline())
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
@@ -442,7 +444,7 @@ class PreforkPool(Pool):
                 if c.conn in ready:
                     self._read(c)
             for c in children:
-                if not c.process.is_alive():
+                if c.process.sentinel in ready:
                     self._reap(c)
             self._enforce_time_limits()
             if self._stopping and not any(c.process.is_alive() for c in self._children):
@@ -533,7 +535,7 @@ class PreforkPool(Pool):
             self.concurrency += n
             for _ in range(n):
                 self._children.append(self._spawn())
-        os.write(self._wake_w, b"x")
+        self._wake()
 
     def shrink(self, n: int = 1) -> None:
         with self.lock:
@@ -566,7 +568,7 @@ class PreforkPool(Pool):
             if c.process.is_alive():
                 _kill(c.process, signal.SIGKILL)
                 c.process.join(timeout=5)
-        os.write(self._wake_w, b"x")
+        self._wake()
 
 
 def _kill(process: BaseProcess, signum: int) -> None:
