@@ -47,7 +47,10 @@ Design
     and could not order across them once prefetched), and a single node gains
     nothing from replication while paying Raft's cost on every message. Classic
     queues give native priorities 0..9 and the best throughput; a persistent
-    message on a durable queue, confirmed, survives a broker restart. The price is
+    message on a durable queue, confirmed, survives a broker restart. In a cluster
+    a classic queue lives on one node, so while that node is down its queue is
+    unavailable (its messages wait on that node's disk); replicated work queues
+    would need quorum queues, which this plugin does not offer yet. The price is
     that a classic queue only flags a redelivery (``redelivered``) instead of
     counting it, so polyq counts deliveries itself in the header
     ``x-polyq-deliveries``: a ``nack`` republishes the message with the count of
@@ -62,25 +65,31 @@ Design
     *Delays without the delayed-message plugin and without head-of-line blocking.*
     A per-message TTL expires only at the head of a queue, so one TTL queue would
     hold a 1 s delay behind a 1 h one. Instead, delays are counted in units of
-    100 ms and written in binary; level ``k`` is a queue whose every message has
-    the same TTL, ``2**k`` units, so within a level the oldest message is always
-    the next to expire. A delayed message carries one header per bit
-    (``polyq-delay-07: "1"``) and enters the exchange of its highest set bit. Each
-    level's exchange is a headers exchange: a message whose bit ``k`` is 1 goes to
-    level queue ``k``; one whose bit is 0 passes (exchange-to-exchange binding) to
-    level ``k-1``. When a message expires from level ``k`` it is dead-lettered to
-    the exchange of level ``k-1``, and from level 0 to the direct exchange
-    ``polyq.delay.deliver``, where every work queue is bound by its own name (the
-    routing key travels unchanged). A delay of ``d`` units thus visits only the
-    levels of its set bits and waits exactly ``d`` units in total, however many
-    longer delays are queued. The level queues are *quorum* queues with
-    ``x-dead-letter-strategy: at-least-once`` (and ``x-overflow: reject-publish``,
-    which that strategy requires): a classic queue dead-letters at most once, so a
-    broker crash between levels could lose a delayed message; a quorum queue keeps
-    it until the next level has confirmed it. 26 levels (RabbitMQ caps a TTL at
-    2**32 ms) give a native ``max_delay`` of about 77 days; the core re-delays
-    longer ETAs in hops. Delays are rounded up to the next 100 ms. Levels are
-    declared when first needed and are shared by every queue of the vhost.
+    100 ms and written in binary; level ``k`` of a queue is the queue
+    ``<queue>.delay.<k>`` whose every message has the same TTL, ``2**k`` units, so
+    within a level the oldest message is always the next to expire. A delayed
+    message carries one header per bit (``polyq-delay-07: "1"``) and the name of its
+    queue, and enters the exchange of its highest set bit. The level exchanges
+    ``polyq.delay.<k>`` are headers exchanges shared by all queues: a message whose
+    bit ``k`` is 1 goes to level ``k`` of its queue; one whose bit is 0 passes
+    (exchange-to-exchange binding) to the exchange of level ``k-1``. A message that
+    expires from level ``k`` is dead-lettered to the exchange of level ``k-1``, and
+    from level 0 to the direct exchange ``polyq.delay.deliver``, where every work
+    queue is bound by its own name (the routing key travels unchanged). A delay of
+    ``d`` units thus visits only the levels of its set bits and waits exactly ``d``
+    units in all, whatever longer delays are queued. The levels are *quorum*
+    queues with ``x-dead-letter-strategy: at-least-once`` (and ``x-overflow:
+    reject-publish``, which that strategy requires): a classic queue dead-letters
+    at most once, so a broker crash between two levels could lose a delayed
+    message; a quorum queue keeps it until the next level has confirmed it. 26
+    levels (RabbitMQ caps a TTL at 2**32 ms) give a native ``max_delay`` of about 77
+    days; the core re-delays longer ETAs in hops. Delays are rounded up to the next
+    100 ms. A queue's levels are declared when a delay first needs them, bottom
+    up, so the levels that exist are always ``0..n-1``: ``size`` and ``purge``
+    include them, and ``scheduled`` reads them (consuming without acking, then
+    giving the messages back, which costs a read of every delayed message of the
+    queue). The price of per-queue levels is up to 26 small quorum queues per
+    queue that uses long delays (declared in ~20 ms each, once).
 
     *Dead letters* are confirmed publishes to the durable classic queue
     ``<queue>.dlq`` with the reason in ``x-polyq-reason``; the original is acked
@@ -117,10 +126,13 @@ Design
 
 Capabilities
     priority; ``max_delay`` ~77 days; ``max_message_size`` 16 MiB; broadcast;
-    connection-bound leases (``extend_lease`` is a no-op); dead letters; durable.
-    No ``scheduled`` inspection (delayed messages are spread over the level queues
-    and AMQP cannot browse a queue). ``size`` counts ready messages plus those this
-    instance holds, not delayed ones, and ``purge`` leaves delayed ones to arrive.
+    connection-bound leases (``extend_lease`` is a no-op); dead letters; scheduled
+    inspection; durable. ``size`` counts ready and delayed messages plus those this
+    instance holds (AMQP does not count another consumer's unacked messages).
+    ``queues`` lists only the queues this instance declared (AMQP cannot list a
+    vhost). Counting or purging a queue probes its delay levels with passive
+    declares, and pika logs the expected ``404`` of the first missing level as a
+    warning.
 """
 
 from __future__ import annotations
@@ -154,6 +166,7 @@ from polyq.transport import (
     DeadLetter,
     Delivery,
     OutgoingMessage,
+    ScheduledMessage,
     Subscription,
     Transport,
 )
@@ -383,7 +396,7 @@ class RabbitMQTransport(Transport):
         lease="connection",
         extend_lease=False,
         dead_letter=True,
-        inspect_scheduled=False,
+        inspect_scheduled=True,
         may_duplicate=False,
         transactional_enqueue=False,
         durable=True,
@@ -1374,49 +1387,89 @@ class RabbitMQTransport(Transport):
 
     # -- dead letters ----------------------------------------------------------------
 
+    async def _browse(
+        self,
+        name: str,
+        limit: int | None,
+        handle: Callable[[_TempChannel, Any, Any, bytes], Awaitable[None]] | None = None,
+    ) -> list[tuple[Any, bytes]]:
+        """Consume up to ``limit`` messages of queue ``name`` (all that are ready when
+        None) on a private channel without acking, pass each to ``handle``, then
+        close the channel, which gives back every message ``handle`` did not ack in
+        its place. Returns ``(properties, body)`` pairs, oldest first."""
+        ready = await self._passive(name)
+        if not ready:
+            return []
+        want = ready if limit is None else min(ready, limit)
+        got: asyncio.Queue[tuple[Any, Any, bytes]] = asyncio.Queue()
+        seen: list[tuple[Any, bytes]] = []
+        async with self._temp() as c:
+            ch = c.channel
+            await c.call(functools.partial(ch.basic_qos, prefetch_count=min(want, 65535)))
+            ch.basic_consume(name, lambda _c, m, p, b: got.put_nowait((m, p, b)))
+            while len(seen) < want:
+                try:
+                    method, props, body = await asyncio.wait_for(got.get(), 2.0)
+                except TimeoutError:
+                    break  # another consumer took the rest
+                seen.append((props, body))
+                if handle is not None:
+                    await handle(c, method, props, body)
+        return seen
+
     async def _read_dlq(
         self,
         queue: str,
         limit: int | None,
         handle: Callable[[_TempChannel, Any, Any, bytes], Awaitable[None]] | None,
     ) -> list[DeadLetter]:
-        """Consume up to ``limit`` dead letters of ``queue`` on a private channel
-        (all there are when None), pass each to ``handle``, then close the channel,
-        which returns every message ``handle`` did not ack, in order."""
-        dlq = f"{queue}.dlq"
-        ready = await self._passive(dlq)
-        if not ready:
-            return []
-        want = ready if limit is None else min(ready, limit)
-        got: asyncio.Queue[tuple[Any, Any, bytes]] = asyncio.Queue()
-        letters: list[DeadLetter] = []
-        async with self._temp() as c:
-            ch = c.channel
-            await c.call(functools.partial(ch.basic_qos, prefetch_count=min(want, 65535)))
-            ch.basic_consume(dlq, lambda _c, m, p, b: got.put_nowait((m, p, b)))
-            while len(letters) < want:
-                try:
-                    method, props, body = await asyncio.wait_for(got.get(), 2.0)
-                except TimeoutError:
-                    break  # another reader took the rest
-                raw = props.headers or {}
-                failed_at = raw.get(H_FAILED_AT, 0)
-                letters.append(
-                    DeadLetter(
-                        queue=queue,
-                        message_id=props.message_id or "",
-                        body=body,
-                        headers=_user_headers(raw),
-                        reason=str(raw.get(H_REASON, "")),
-                        failed_at=float(
-                            failed_at.decode() if isinstance(failed_at, bytes) else failed_at
-                        ),
-                        receipt=props.message_id,
-                    )
+        letters = []
+        for props, body in await self._browse(f"{queue}.dlq", limit, handle):
+            raw = props.headers or {}
+            failed_at = raw.get(H_FAILED_AT, 0)
+            letters.append(
+                DeadLetter(
+                    queue=queue,
+                    message_id=props.message_id or "",
+                    body=body,
+                    headers=_user_headers(raw),
+                    reason=str(raw.get(H_REASON, "")),
+                    failed_at=float(
+                        failed_at.decode() if isinstance(failed_at, bytes) else failed_at
+                    ),
+                    receipt=props.message_id,
                 )
-                if handle is not None:
-                    await handle(c, method, props, body)
+            )
         return letters
+
+    async def _scheduled(self, queue: str, limit: int) -> list[ScheduledMessage]:
+        waiting = []
+        for name, count in await self._level_names(queue):
+            if count:
+                waiting += await self._browse(name, None)
+        listed = []
+        for props, _body in waiting:
+            raw = props.headers or {}
+            eta = raw.get(H_ETA, 0)
+            listed.append(
+                ScheduledMessage(
+                    queue=queue,
+                    message_id=props.message_id or "",
+                    headers=_user_headers(raw),
+                    eta=float(eta.decode() if isinstance(eta, bytes) else eta),
+                    priority=props.priority or 0,
+                )
+            )
+        listed.sort(key=lambda m: m.eta)
+        return listed[:limit]
+
+    def scheduled(self, queue: str, limit: int = 100) -> list[ScheduledMessage]:
+        """Delayed messages of ``queue``, soonest first. Each level queue is read
+        without acking and given back (a message due meanwhile leaves its level as
+        soon as it is back), so this costs a read of every delayed message."""
+        if limit <= 0:
+            return []
+        return self._call(self._scheduled(queue, limit), self._budget() * 4)
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead letters of ``queue`` with their reasons, oldest first."""

@@ -293,3 +293,20 @@ def test_hours_and_days_wait_in_their_levels(
     assert t.size(queue) == 0
     with pytest.raises(ValueError, match="max_delay"):
         t.publish([_msg(queue, delay=RabbitMQTransport.capabilities.max_delay + 3600)])  # type: ignore[operator]
+
+
+def test_inspecting_scheduled_messages_keeps_their_time(
+    queue: str, connect: Callable[..., Transport]
+) -> None:
+    t = connect()
+    start = time.monotonic()
+    t.publish([_msg(queue, message_id="soon", delay=1.5, headers={"k": "v"})])
+    time.sleep(0.5)
+    listed = t.scheduled(queue)
+    assert [(s.message_id, s.headers) for s in listed] == [("soon", {"k": "v"})]
+    assert abs(listed[0].eta - (time.time() + 1.0)) < 0.5
+    got = t.receive([queue], 1, 3.0)
+    arrived = time.monotonic() - start
+    assert [d.message_id for d in got] == ["soon"]
+    assert got[0].delivery_count == 1
+    assert 1.45 <= arrived <= 2.2, arrived
