@@ -39,6 +39,7 @@ from polyq.exceptions import (
     BrokerError,
     ConfigurationError,
     DecodeError,
+    RevokedError,
     TimeLimitExceeded,
     WorkerLostError,
 )
@@ -240,6 +241,7 @@ class Worker:
         except Exception:
             logger.exception("error during shutdown of %s", self.hostname)
         finally:
+            self.events.close()  # monitoring: worker-offline and the last events
             try:
                 self.transport.close()
             finally:
@@ -351,7 +353,7 @@ class Worker:
                 f"{conf.task_max_deliveries} (the task keeps killing its worker, or is never acked)"
             )
             logger.error("dead-lettering %s[%s]: %s", name, task_id, reason)
-            self._store(task_id, states.FAILURE, WorkerLostError(reason))
+            self._store(task_id, states.FAILURE, WorkerLostError(reason), delivery)
             self._dead_letter(delivery, reason)
             return
         content_type = delivery.headers.get("content-type", "application/json")
@@ -464,7 +466,7 @@ class Worker:
         self.transport.ack([delivery])
 
     def _revoke(self, delivery: Delivery, name: str, task_id: str, expired: bool) -> None:
-        self._store(task_id, states.REVOKED, None)
+        self._store(task_id, states.REVOKED, None, delivery)
         signals.task_revoked.send(
             sender=self, request=delivery, terminated=False, signum=None, expired=expired
         )
@@ -479,11 +481,24 @@ class Worker:
             logger.exception("could not dead-letter %s; giving it back", delivery.message_id)
             self.transport.nack(delivery, delay=5.0)
 
-    def _store(self, task_id: str, state: str, exc: BaseException | None) -> None:
+    def _store(
+        self,
+        task_id: str,
+        state: str,
+        exc: BaseException | None,
+        delivery: Delivery | None = None,
+    ) -> None:
+        """Store a state the task itself could not (killed, revoked, poison), and fail
+        the workflow waiting on it (chain, chord) so that nothing hangs."""
         try:
             store_state(self.app, task_id, state, exc=exc)
         except Exception:
             logger.exception("could not store state %s of %s", state, task_id)
+        if delivery is not None:
+            from polyq.canvas import on_failure_outside_task
+
+            cause = exc or RevokedError(f"task {task_id} was revoked")
+            on_failure_outside_task(self.app, delivery, cause)
 
     # -- finishing -------------------------------------------------------------
 
@@ -523,7 +538,7 @@ class Worker:
                 self._task_event(result)
             if delivery is None:
                 continue  # acked before running (acks_late=False)
-            action = self._settle(result, delivery.headers.get("task", ""))
+            action = self._settle(result, delivery)
             if action == "ack":
                 to_ack.append(delivery)
             elif action == "requeue":
@@ -551,25 +566,27 @@ class Worker:
             reason=result.reason or None,
         )
 
-    def _settle(self, result: Result, name: str) -> str:
+    def _settle(self, result: Result, delivery: Delivery) -> str:
         """Turn the pool's report into ack/requeue/dead_letter (storing states for kills)."""
         conf = self.app.conf
-        task = self.app.tasks.get(name)
+        task = self.app.tasks.get(delivery.headers.get("task", ""))
         if result.action == "time_limit":
-            self._store(result.task_id, states.FAILURE, TimeLimitExceeded(result.reason))
+            exc = TimeLimitExceeded(result.reason)
+            self._store(result.task_id, states.FAILURE, exc, delivery)
             acks = task.acks_on_failure_or_timeout if task else None
             if acks if acks is not None else conf.task_acks_on_failure_or_timeout:
                 return "ack"
             return "dead_letter"
         if result.action == "terminated":
-            self._store(result.task_id, states.REVOKED, None)
+            self._store(result.task_id, states.REVOKED, None, delivery)
             return "ack"
         if result.action == "worker_lost":
             reject = task.reject_on_worker_lost if task else None
             if reject if reject is not None else conf.task_reject_on_worker_lost:
                 logger.warning("%s: delivering %s again", result.reason, result.task_id)
                 return "requeue"
-            self._store(result.task_id, states.FAILURE, WorkerLostError(result.reason))
+            lost = WorkerLostError(result.reason)
+            self._store(result.task_id, states.FAILURE, lost, delivery)
             return "ack"
         return result.action
 
