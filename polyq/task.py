@@ -176,6 +176,24 @@ class Task:
         """An immutable signature: it ignores a parent's result."""
         return self.signature(args, kwargs, immutable=True)
 
+    def map(self, it: Any) -> Signature:
+        """A signature running this task on every item of ``it`` in one task (``xmap``)."""
+        from polyq.canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Any) -> Signature:
+        """A signature running this task on every argument tuple of ``it`` in one task."""
+        from polyq.canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """A signature splitting ``it`` into parts of ``n`` run in parallel (``chunks``)."""
+        from polyq.canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
+
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A result handle for ``task_id`` of this task."""
         return AsyncResult(task_id, app=self.app, task_name=self.name)

@@ -73,8 +73,9 @@ class Result:
     runtime: float = 0.0
 
 
-def run_job(app: Polyq, job: Job, hostname: str) -> Result:
-    """Decode and execute one job in the current process and thread."""
+def run_job(app: Polyq, job: Job, hostname: str, run: Any = None) -> Result:
+    """Decode and execute one job in the current process and thread (``run``
+    replaces how the task body is called, e.g. on an event loop)."""
     from polyq.execution import execute
 
     delivery = Delivery(
@@ -90,7 +91,10 @@ def run_job(app: Polyq, job: Job, hostname: str) -> Result:
     except DecodeError as exc:
         return Result(job.key, "dead_letter", job.task_id, reason=f"cannot decode: {exc}")
     try:
-        outcome = execute(app, message, hostname=hostname)
+        if run is None:
+            outcome = execute(app, message, hostname=hostname)
+        else:
+            outcome = execute(app, message, hostname=hostname, run=run)
     except Exception as exc:  # a failure of polyq itself (backend down...), not of the task
         logger.exception("internal error running %s[%s]", job.task_name, job.task_id)
         signals.task_internal_error.send(sender=job.task_name, task_id=job.task_id, exception=exc)
@@ -248,8 +252,6 @@ class AsyncioPool(Pool):
         asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
 
     async def _run(self, job: Job) -> None:
-        from polyq.execution import execute
-
         loop = asyncio.get_running_loop()
 
         def runner(task: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -261,28 +263,7 @@ class AsyncioPool(Pool):
             return fn(*args, **kwargs)
 
         def blocking() -> Result:
-            delivery = Delivery(
-                job.queue,
-                job.message_id,
-                job.body,
-                job.headers,
-                job.delivery_count,
-                priority=job.priority,
-            )
-            try:
-                message = decode(delivery, self.app.accept)
-            except DecodeError as exc:
-                return Result(job.key, "dead_letter", job.task_id, reason=f"cannot decode: {exc}")
-            outcome = execute(self.app, message, hostname=self.hostname, run=runner)
-            return Result(
-                job.key,
-                outcome.action,
-                job.task_id,
-                outcome.state,
-                outcome.delay,
-                outcome.reason,
-                outcome.runtime,
-            )
+            return run_job(self.app, job, self.hostname, run=runner)
 
         # Hooks, signals and the backend are synchronous: they run in a helper thread
         # while the task's coroutine itself runs on this loop.

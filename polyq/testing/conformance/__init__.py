@@ -22,7 +22,15 @@ or run the packaged copy against any URL, without writing a test::
 """
 
 from polyq.testing.conformance.backend import BackendSuite
+from polyq.testing.conformance.canvas import CanvasStressSuite, CanvasSuite
 from polyq.testing.conformance.e2e import CrashSuite, SmokeSuite
 from polyq.testing.conformance.transport import TransportSuite
 
-__all__ = ["BackendSuite", "CrashSuite", "SmokeSuite", "TransportSuite"]
+__all__ = [
+    "BackendSuite",
+    "CanvasStressSuite",
+    "CanvasSuite",
+    "CrashSuite",
+    "SmokeSuite",
+    "TransportSuite",
+]
