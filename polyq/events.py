@@ -93,13 +93,17 @@ def message_fields(delivery: Delivery, accept: frozenset[str]) -> dict[str, Any]
         "parent_id": headers.get("parent_id") or None,
     }
     try:
-        message = decode(delivery, accept)
+        if headers.get("content-type") == "application/json" and not headers.get("compression"):
+            # The common case, without building a whole TaskMessage (a third of the cost).
+            body = json.loads(delivery.body)
+            args, kwargs = body.get("args", []), body.get("kwargs", {})
+        else:
+            message = decode(delivery, accept)
+            args, kwargs = message.args, message.kwargs
     except Exception:  # an event must never stop a task; the worker reports bad messages
         return fields
-    fields["args"] = _short_repr(message.args)
-    fields["kwargs"] = _short_repr(message.kwargs)
-    fields["root_id"] = message.root_id
-    fields["parent_id"] = message.parent_id
+    fields["args"] = _short_repr(args)
+    fields["kwargs"] = _short_repr(kwargs)
     return fields
 
 

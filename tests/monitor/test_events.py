@@ -183,13 +183,16 @@ def test_live_worker_events(tmp_path: Path) -> None:
         assert state.task(bad.id).state == "FAILURE"  # type: ignore[union-attr]
         (info,) = state.worker_list()
         assert info["alive"] and info["pool"] == "threads" and info["concurrency"] == 2
+        worker.stop()
+        deadline = time.monotonic() + 10
+        while not state.worker_list()[0]["offline"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.worker_list()[0]["offline"] is True  # worker-offline sent on shutdown
     finally:
         worker.stop()
-        time.sleep(0.5)
         receiver.close()
         listener.join(timeout=5)
         monapp.app.close()
-    assert state.worker_list()[0]["offline"] is True
 
 
 # -- liveness --------------------------------------------------------------------------
