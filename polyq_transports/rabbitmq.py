@@ -212,6 +212,8 @@ _REFUSED = (
     pika.exceptions.AuthenticationError,
     pika.exceptions.ProbableAccessDeniedError,
 )
+#: (exchange, routing key, body, properties, mandatory)
+_Item = tuple[str, str, bytes, pika.BasicProperties, bool]
 _RECONNECT_MIN = 0.1
 _RECONNECT_MAX = 2.0
 
@@ -268,6 +270,18 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _chain(future: concurrent.futures.Future[None], task: asyncio.Task[None]) -> None:
+    """Pass an I/O-thread task's outcome to a caller's future."""
+    if future.done():
+        return
+    if task.cancelled():
+        future.set_exception(BrokerError("the publish was cancelled (transport closing)"))
+    elif task.exception() is not None:
+        future.set_exception(task.exception())
+    else:
+        future.set_result(None)
+
+
 def _describe_close(reason: BaseException | None) -> str:
     if isinstance(reason, pika.exceptions.ChannelClosed | pika.exceptions.ConnectionClosed):
         return f"{reason.reply_code} {reason.reply_text}"
@@ -292,7 +306,9 @@ class _Batch:
 
     __slots__ = ("errors", "future", "remaining")
 
-    def __init__(self, future: asyncio.Future[None], count: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[None] | concurrent.futures.Future[None], count: int
+    ) -> None:
         self.future = future
         self.remaining = count
         self.errors: list[str] = []
@@ -815,15 +831,16 @@ class RabbitMQTransport(Transport):
         if not items:
             return
         channel = await self._publisher()
-        batch = _Batch(self._loop.create_future(), len(items))
+        future: asyncio.Future[None] = self._loop.create_future()
+        batch = _Batch(future, len(items))
         for exchange, routing_key, body, props, mandatory in items:
             channel.basic_publish(exchange, routing_key, body, props, mandatory)
             self._pub_tag += 1
             self._unconfirmed[self._pub_tag] = (batch, props.message_id or "")
         try:
-            await asyncio.wait_for(asyncio.shield(batch.future), self.confirm_timeout)
+            await asyncio.wait_for(asyncio.shield(future), self.confirm_timeout)
         except TimeoutError:
-            batch.future.cancel()
+            future.cancel()
             raise BrokerError(
                 f"RabbitMQ at {self._where()} did not confirm {len(items)} message(s) within "
                 f"{self.confirm_timeout:.0f} s (a memory or disk alarm?); they may or may not "
@@ -865,7 +882,8 @@ class RabbitMQTransport(Transport):
             if top >= self._levels.get(queue, 0):
                 await self._declare_levels(queue, top + 1)
 
-    async def _publish(self, messages: Sequence[OutgoingMessage]) -> None:
+    def _encode(self, messages: Sequence[OutgoingMessage]) -> tuple[list[_Item], dict[str, int]]:
+        """The publish items of ``messages``, and the top delay level per queue."""
         items = []
         tops: dict[str, int] = {}
         for message in messages:
@@ -874,9 +892,34 @@ class RabbitMQTransport(Transport):
             tops[message.queue] = max(tops.get(message.queue, -1), level)
             props = self._properties(headers, message.message_id, message.priority)
             items.append((exchange, routing_key, message.body, props, True))
+        return items, tops
+
+    async def _publish(self, items: list[_Item], tops: dict[str, int]) -> None:
         await self._connected()
         await self._prepare(tops)
         await self._send(items)
+
+    def _send_now(self, items: list[_Item], future: concurrent.futures.Future[None]) -> None:
+        """The fast path, in the I/O thread: publish at once if the channel is open,
+        else take the full path (connect, declare, open the channel)."""
+        channel = self._pub
+        if channel is None or not channel.is_open or self._up is None or not self._up.is_set():
+            task = self._loop.create_task(self._send(items))
+            task.add_done_callback(functools.partial(_chain, future))
+            return
+        batch = _Batch(future, len(items))
+        for exchange, routing_key, body, props, mandatory in items:
+            channel.basic_publish(exchange, routing_key, body, props, mandatory)
+            self._pub_tag += 1
+            self._unconfirmed[self._pub_tag] = (batch, props.message_id or "")
+
+    def _prepared(self, tops: dict[str, int]) -> bool:
+        """Whether every queue and delay level is known to exist (read from the
+        caller's thread: a hint, and a wrong one only costs an unroutable error)."""
+        for queue, top in tops.items():
+            if queue not in self._declared or top >= self._levels.get(queue, 0):
+                return False
+        return self._up_flag
 
     def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
         """Publish persistently and return once RabbitMQ has confirmed every message."""
@@ -900,7 +943,22 @@ class RabbitMQTransport(Transport):
                 raise ValueError(
                     f"delay {message.delay:.0f} s exceeds max_delay ({MAX_DELAY:.0f} s)"
                 )
-        self._call(self._publish(messages), self._budget())
+        items, tops = self._encode(messages)
+        if not self._prepared(tops):
+            self._call(self._publish(items, tops), self._budget())
+            return
+        # Everything is declared: hand the frames to the I/O thread and wait for the
+        # confirms, without a coroutine per call (the common case, and the fast one).
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._soon(functools.partial(self._send_now, items, future))
+        try:
+            future.result(self.confirm_timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            raise BrokerError(
+                f"RabbitMQ at {redact(self.url)} did not confirm {len(items)} message(s) within "
+                f"{self.confirm_timeout:.0f} s (a memory or disk alarm?); they may or may not "
+                "have been stored"
+            ) from None
 
     def _budget(self) -> float:
         # Connecting, declaring and confirming each have their own limit inside.
