@@ -16,7 +16,7 @@ import datetime
 import time
 import traceback as tb
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from polyq import exceptions, serialization, states
 
@@ -77,13 +77,13 @@ def _allowed_exception(record: dict[str, Any], allow: Sequence[Any]) -> BaseExce
         if cls.__name__ == name and cls.__module__ == module:
             return _build(cls, message)
     if module == "builtins":
-        cls = getattr(builtins, name, None)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            return _build(cls, message)
+        builtin = getattr(builtins, name, None)
+        if isinstance(builtin, type) and issubclass(builtin, Exception):
+            return _build(builtin, message)
     if module == "polyq.exceptions":
-        cls = getattr(exceptions, name, None)
-        if isinstance(cls, type) and issubclass(cls, exceptions.PolyqError):
-            return _build(cls, message)
+        ours = getattr(exceptions, name, None)
+        if isinstance(ours, type) and issubclass(ours, exceptions.PolyqError):
+            return _build(ours, message)
     return exceptions.TaskError(f"{module}.{name}" if module else name, message)
 
 
@@ -99,7 +99,7 @@ class AsyncResult:
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's signature
+        id: str,
         app: Polyq | None = None,
         task_name: str | None = None,
         parent: AsyncResult | None = None,
@@ -321,7 +321,9 @@ class ResultSet:
         """The values of every task, in order (waits for all)."""
         return self.join(timeout=timeout, propagate=propagate, **kwargs)
 
-    def join(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> list[Any]:
+    def join(
+        self, timeout: float | None = None, propagate: bool = True, **kwargs: Any
+    ) -> list[Any]:
         """The values of every task, in order; ``timeout`` is for the whole set."""
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
@@ -346,7 +348,7 @@ class GroupResult(ResultSet):
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's signature
+        id: str,
         results: Sequence[AsyncResult],
         app: Polyq | None = None,
         parent: AsyncResult | None = None,
@@ -385,16 +387,18 @@ class GroupResult(ResultSet):
         if data is None:
             return None
         ids = decode_record(data, frozenset({"application/json"}))["results"]
-        return cast(GroupResult, _from_ids(cls, group_id, ids, app))
+        return _from_ids(cls, group_id, ids, app)
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
 
 def _member_ids(result: GroupResult) -> list[Any]:
+    # A group's members are AsyncResults or, for nested groups, GroupResults.
+    members: list[Any] = list(result.results)
     return [
         {"group": r.id, "results": _member_ids(r)} if isinstance(r, GroupResult) else r.id
-        for r in result.results
+        for r in members
     ]
 
 

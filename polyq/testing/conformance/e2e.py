@@ -133,7 +133,8 @@ class SmokeSuite(_Base):
         with pytest.raises(KeyError):
             result.get(timeout=20)
         assert result.state == states.FAILURE
-        assert result.traceback and "KeyError" in result.traceback
+        assert result.traceback
+        assert "KeyError" in result.traceback
         assert result.retries == 1  # autoretry_for retried once before giving up
 
     def test_countdown_waits_in_the_broker(self, records: str) -> None:

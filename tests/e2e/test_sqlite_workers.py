@@ -1,0 +1,94 @@
+"""The embedded default under real load: several worker processes sharing one SQLite file."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from polyq.testing.e2e_tasks import app, read_records, record
+from polyq.testing.worker import WorkerProcess
+
+pytestmark = pytest.mark.slow
+
+E2E_APP = "polyq.testing.e2e_tasks"
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    url = f"sqlite:///{tmp_path / 'polyq.sqlite3'}"
+    queue = "load"
+    app.conf.update(broker_url=url, result_backend=url, task_default_queue=queue,
+                    broker_transport_options={"visibility_timeout": 2.0})
+    app.close()
+    yield {"POLYQ_BROKER_URL": url, "POLYQ_RESULT_BACKEND": url,
+           "POLYQ_TASK_DEFAULT_QUEUE": queue,
+           "POLYQ_BROKER_TRANSPORT_OPTIONS": json.dumps({"visibility_timeout": 2.0})}
+    app.close()
+
+
+def test_thousand_tasks_two_workers_each_once(sqlite_env: dict[str, str], tmp_path: Path) -> None:
+    """1,000 tasks from one producer, two workers with -c 2: each ran once, both
+    workers did a fair share, and executions overlapped in time."""
+    path = str(tmp_path / "runs.jsonl")
+    results = [record.delay(path, 0.002, i) for i in range(1000)]
+    workers = [WorkerProcess(E2E_APP, ["-Q", "load", "-c", "2", "-n", f"w{i}@%h"],
+                             env=sqlite_env) for i in range(2)]
+    try:
+        for w in workers:
+            w.start()
+        pids = {w.pid: set(w.children()) for w in workers}
+        assert [r.get(timeout=120) for r in results] == list(range(1000))
+    finally:
+        for w in workers:
+            w.stop()
+    runs = read_records(path)
+    by_id = collections.Counter(r["id"] for r in runs)
+    assert len(by_id) == 1000 and set(by_id.values()) == {1}, "each task ran exactly once"
+    share = collections.Counter()
+    for r in runs:
+        owner = [main for main, children in pids.items() if r["pid"] in children]
+        assert owner, f"execution in unknown process {r['pid']}"
+        share[owner[0]] += 1
+    print(f"executions per worker: {dict(share)}")
+    assert all(n >= 300 for n in share.values()), f"unfair split between workers: {share}"
+    spans = sorted((r["start"], r["end"]) for r in runs)
+    overlapping = sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
+    print(f"overlapping consecutive executions: {overlapping}")
+    assert overlapping > 100, "executions should overlap: the workers run in parallel"
+
+
+def test_lease_extensions_are_visible_in_sqlite(sqlite_env: dict[str, str], tmp_path: Path) -> None:
+    """A task three times longer than the visibility timeout runs once, and the
+    broker's own table shows its lease end moving forward while it runs."""
+    path = str(tmp_path / "runs.jsonl")
+    db = sqlite_env["POLYQ_BROKER_URL"].removeprefix("sqlite:///")
+    with WorkerProcess(E2E_APP, ["-Q", "load", "-c", "1"], env=sqlite_env):
+        result = record.delay(path, 6.0, "long")
+        behind = [record.delay(path, 0.0, i) for i in range(2)]
+        lease_ends = []
+        deadline = time.time() + 6
+        while time.time() < deadline:
+            with sqlite3.connect(db) as conn:
+                row = conn.execute(
+                    "SELECT visible_at FROM polyq_messages WHERE state = 2 AND message_id = ("
+                    "SELECT message_id FROM polyq_messages WHERE headers LIKE ?)",
+                    (f'%{result.id}%',),
+                ).fetchone()
+            if row:
+                lease_ends.append(row[0])
+            time.sleep(0.25)
+        assert result.get(timeout=30) == "long"
+        for r in behind:
+            r.get(timeout=30)
+    distinct = sorted(set(lease_ends))
+    print(f"lease ends seen in polyq_messages.visible_at: {distinct}")
+    assert len(distinct) >= 3, f"the lease was extended (lease ends seen: {distinct})"
+    runs = collections.Counter(r["id"] for r in read_records(path))
+    assert runs[result.id] == 1
+    assert all(runs[r.id] == 1 for r in behind)
