@@ -580,7 +580,8 @@ class SQLTransport(Transport):
 
     @contextlib.contextmanager
     def _raw(self, action: str, write: bool = True) -> Iterator[Any]:
-        """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes),
+        """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
+        reads there are single statements in autocommit),
         committed on exit, rolled back on error; driver errors become
         :class:`BrokerError` and a broken connection is dropped from the pool."""
         self.ensure_schema()
@@ -589,8 +590,8 @@ class SQLTransport(Transport):
         cursor = None
         try:
             cursor = conn.cursor()
-            if self._is_sqlite:
-                cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if self._is_sqlite and write:  # a read is one statement: autocommit suffices
+                cursor.execute("BEGIN IMMEDIATE")
             yield cursor
             conn.commit()
         except self._dbapi_error as exc:
@@ -736,40 +737,44 @@ class SQLTransport(Transport):
         start = next(self._rotation) % len(queues)
         order = queues[start:] + queues[:start]
         for attempt in range(3):
-            deliveries: list[Delivery] = []
+            rows: list[tuple[Any, ...]] = []
             try:
                 with self._raw("receiving") as cursor:
                     self._promote(cursor, queues, now)
                     for queue in order:
-                        want = max_messages - len(deliveries)
+                        want = max_messages - len(rows)
                         if want <= 0:
                             break
-                        deliveries.extend(self._claim_queue(cursor, queue, want, lease_end))
-                return deliveries
+                        rows.extend(self._claim_queue(cursor, queue, want, lease_end))
+                break
             except BrokerError as exc:
                 # SKIP LOCKED keeps claimers apart, but InnoDB may still pick a
                 # deadlock victim (1213) between a promotion and a claim: try again.
                 if attempt == 2 or not _is_deadlock(exc.__cause__):
                     raise
-        return []
+        # Decoded after the commit: the write lock (SQLite) is held no longer than needed.
+        return [self._delivery(row) for row in rows]
 
-    def _claim_queue(self, cursor: Any, queue: str, limit: int, lease_end: float) -> list[Delivery]:
+    def _claim_queue(
+        self, cursor: Any, queue: str, limit: int, lease_end: float
+    ) -> list[tuple[Any, ...]]:
+        """Lease up to ``limit`` rows of ``queue``; the rows with their new delivery
+        count, in delivery order."""
         if self._is_sqlite or self._is_pg:
             cursor.execute(self._sql("claim"), (lease_end, queue, limit))
             # RETURNING gives no order: restore priority, then age.
-            rows = sorted(cursor.fetchall(), key=lambda r: (-r[6], r[0]))
-            return [self._delivery(r, r[5]) for r in rows]
+            return sorted(cursor.fetchall(), key=lambda r: (-r[6], r[0]))
         # MySQL/MariaDB have no UPDATE ... RETURNING: lock the rows, then lease them.
         cursor.execute(self._sql("claim"), (queue, limit))
         rows = cursor.fetchall()
         if not rows:
             return []
         cursor.execute(self._sql("lease_ids", len(rows)), (lease_end, *(r[0] for r in rows)))
-        return [self._delivery(r, r[5] + 1) for r in rows]
+        return [(*r[:5], r[5] + 1, r[6]) for r in rows]
 
     @staticmethod
-    def _delivery(row: Sequence[Any], count: int) -> Delivery:
-        row_id, queue, message_id, body, headers, _, priority = row
+    def _delivery(row: Sequence[Any]) -> Delivery:
+        row_id, queue, message_id, body, headers, count, priority = row
         return Delivery(
             queue=queue,
             message_id=message_id,
