@@ -369,6 +369,7 @@ class SQLTransport(Transport):
         self._listen = self._is_pg and bool(options.get("listen", True))
         self.tables = _Tables(self.prefix)
         self._notify_channel = f"{self.prefix}messages"
+        self._broadcast_channel = f"{self.prefix}broadcast"
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._schema_ready = False
@@ -1036,6 +1037,11 @@ class SQLTransport(Transport):
             if now - self._last_prune > min(10.0, self.broadcast_ttl):
                 self._last_prune = now
                 conn.execute(sa.delete(b).where(b.c.created_at < now - self.broadcast_ttl))
+            if self._is_pg:  # wakes PostgreSQL subscribers at once (delivered on commit)
+                conn.execute(
+                    sa.text("SELECT pg_notify(:c, :p)"),
+                    {"c": self._broadcast_channel, "p": channel},
+                )
 
     def subscribe(self, channel: str) -> Subscription:
         """Listen on ``channel``: a :class:`SQLSubscription` polling new rows."""
@@ -1060,7 +1066,9 @@ class SQLTransport(Transport):
 
 class SQLSubscription(Subscription):
     """A broadcast subscription: polls ``<prefix>broadcast`` for rows newer than the
-    last one seen, with a pause growing from 5 ms to 100 ms while idle.
+    last one seen, with a pause growing from 5 ms to 100 ms while idle. On
+    PostgreSQL it LISTENs on its own connection instead, woken by the NOTIFY each
+    ``broadcast`` sends (and still reads every second, in case one was lost).
 
     Row ids may commit out of order on PostgreSQL and MySQL (two concurrent
     broadcasts), so ids seen in the last few seconds are remembered and the scan
@@ -1073,6 +1081,19 @@ class SQLSubscription(Subscription):
         self._buffer: list[bytes] = []
         self._seen: dict[int, float] = {}  # id -> when it was seen
         self._closed = False
+        self._listener: Any = None
+        if transport._listen:
+            # LISTEN before reading the floor: no broadcast slips in between.
+            engine = transport.engine
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            try:
+                self._listener = engine.dialect.connect(*cargs, **cparams)
+            except transport._dbapi_error as exc:
+                raise BrokerError(
+                    redact(f"subscribing failed on {transport.describe()}: {exc}")
+                ) from exc
+            self._listener.autocommit = True
+            self._listener.execute(f'LISTEN "{transport._broadcast_channel}"')
         b = transport.tables.broadcast
         with transport._read("subscribing") as conn:
             self._floor = int(
@@ -1113,13 +1134,31 @@ class SQLSubscription(Subscription):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.1)
+            if self._listener is not None:
+                self._wait_notify(min(remaining, 1.0))
+            else:
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, 0.1)
         return None
 
+    def _wait_notify(self, timeout: float) -> None:
+        try:
+            for notify in self._listener.notifies(timeout=timeout):
+                if notify.payload == self._channel:
+                    break
+        except Exception:  # connection lost: poll from now on
+            self._close_listener()
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.close()
+
     def close(self) -> None:
-        """Stop listening (idempotent)."""
+        """Stop listening and close the LISTEN connection (idempotent)."""
         self._closed = True
+        self._close_listener()
 
 
 def _is_deadlock(exc: BaseException | None) -> bool:

@@ -422,3 +422,27 @@ def test_receive_is_woken_by_notify_on_postgres() -> None:
         consumer.drop_schema()
         consumer.close()
         producer.close()
+
+
+def test_broadcast_is_pushed_by_notify_on_postgres() -> None:
+    url, prefix = services.postgres_url(), _prefix()
+    sender = create_transport(url, table_prefix=prefix)
+    listener = create_transport(url, table_prefix=prefix)
+    try:
+        sender.size("x")
+        with listener.subscribe("control") as sub:
+            assert sub.get(0.05) is None
+            latencies = []
+            for i in range(5):
+                timer = threading.Timer(0.5, sender.broadcast, ["control", f"m{i}".encode()])
+                timer.start()
+                start = time.monotonic()
+                assert sub.get(3.0) == f"m{i}".encode()
+                latencies.append(time.monotonic() - start - 0.5)
+                timer.join()
+        # Polling would be ~55 ms late each time here; NOTIFY wakes within milliseconds.
+        assert sorted(latencies)[2] < 0.03, f"broadcasts arrived {latencies} s late"
+    finally:
+        sender.drop_schema()
+        sender.close()
+        listener.close()
