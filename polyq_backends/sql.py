@@ -216,7 +216,12 @@ class SQLResultBackend(ResultBackend):
         self.dialect = self._engine.dialect.name
         self._is_pg = self.dialect == "postgresql"
         self._is_sqlite = self.dialect == "sqlite"
-        self._listen = self._is_pg and bool(options.get("listen", True))
+        # LISTEN needs psycopg 3 (postgresql+psycopg2:// URLs simply poll).
+        self._listen = (
+            self._is_pg
+            and self._engine.dialect.driver == "psycopg"
+            and bool(options.get("listen", True))
+        )
         default_poll = _SAFETY_POLL if self._listen else 0.1
         self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
         self.tables = _Tables(prefix)

@@ -366,7 +366,12 @@ class SQLTransport(Transport):
         default_poll = 1.0 if self._is_pg else 0.1
         self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
         self.broadcast_ttl = float(options.get("broadcast_ttl", 60.0))
-        self._listen = self._is_pg and bool(options.get("listen", True))
+        # LISTEN needs psycopg 3 (postgresql+psycopg2:// URLs simply poll).
+        self._listen = (
+            self._is_pg
+            and self._engine.dialect.driver == "psycopg"
+            and bool(options.get("listen", True))
+        )
         self.tables = _Tables(self.prefix)
         self._notify_channel = f"{self.prefix}messages"
         self._broadcast_channel = f"{self.prefix}broadcast"
@@ -450,9 +455,26 @@ class SQLTransport(Transport):
         except sa.exc.DBAPIError:  # no tables yet, or no database: create_schema says
             found = None
         if found is not None and int(found) == SCHEMA_VERSION:
+            self._check_server()
             self._schema_ready = True
         else:
             self.create_schema()
+
+    def _check_server(self) -> None:
+        """Refuse MySQL < 8.0.1 and MariaDB < 10.6, which lack ``SKIP LOCKED``
+        (SQLAlchemy renders it for any version; the server would reject every claim)."""
+        dialect = self.engine.dialect
+        version = dialect.server_version_info or ()
+        if self.dialect not in ("mysql", "mariadb") or not version:
+            return
+        mariadb = bool(getattr(dialect, "is_mariadb", False))
+        needed = (10, 6) if mariadb else (8, 0, 1)
+        if tuple(version[: len(needed)]) < needed:
+            name = "MariaDB" if mariadb else "MySQL"
+            raise ConfigurationError(
+                f"{self.describe()} runs {name} {'.'.join(map(str, version))}; polyq needs "
+                f"{name} {'.'.join(map(str, needed))} or later (FOR UPDATE SKIP LOCKED)"
+            )
 
     def create_schema(self) -> None:
         """Create the tables, indexes and version row if missing (idempotent, safe
@@ -463,6 +485,7 @@ class SQLTransport(Transport):
             self.tables.metadata.create_all(conn, checkfirst=True)
             _record_version(conn, self.tables.meta, "transport_schema_version", SCHEMA_VERSION)
             self._schema_unlock(conn)
+        self._check_server()
         self._schema_ready = True
 
     def drop_schema(self) -> None:
