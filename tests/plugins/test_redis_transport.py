@@ -600,3 +600,56 @@ def test_celery_sentinel_url_lists_every_sentinel() -> None:
     ports = [s.connection_pool.connection_kwargs["port"] for s in sentinels]
     assert ports == [26379, 26380] and db == 0
     client.close()
+
+
+@pytest.mark.slow
+def test_sentinel_failover_is_followed(private_redis, tmp_path: Path) -> None:
+    master = private_redis()
+    replica = private_redis("--replicaof", "127.0.0.1", str(master.port))
+    port = _free_port()
+    conf = tmp_path / "failover-sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor pqm 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds pqm 300\nsentinel failover-timeout pqm 2000\n"
+    )
+    proc = subprocess.Popen(
+        ["redis-server", str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    t = None
+    try:
+        t = RedisTransport(
+            f"redis+sentinel://127.0.0.1:{port}/0", master_name="pqm", namespace="fo", retries=0
+        )
+        deadline = time.monotonic() + 10
+        while True:  # the sentinel needs a moment to start
+            try:
+                t.publish([_msg("fo", 1)])
+                break
+            except BrokerError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        replica_client = redis.Redis(port=replica.port)
+        while not replica_client.exists("fo:{fo}:msg"):  # replication is asynchronous
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        master.kill()
+        start = time.monotonic()
+        while True:
+            try:
+                t.publish([_msg("fo", 2)])
+                break
+            except BrokerError:  # until the sentinel has promoted the replica
+                assert time.monotonic() - start < 15, "no failover within 15 s"
+                time.sleep(0.1)
+        got = t.receive(["fo"], 10, 1)
+        assert sorted(d.message_id for d in got) == ["id-1", "id-2"]
+        assert replica_client.info("replication")["role"] == "master"
+        replica_client.close()
+    finally:
+        if t is not None:
+            t.close()
+        proc.terminate()
+        proc.wait(5)
