@@ -204,6 +204,9 @@ def engine_url(url: str) -> URL:
             f"{redact(url)!r} is an in-memory SQLite database, which other processes cannot "
             "see; give a file path (sqlite:///polyq.sqlite3) or use memory:// for tests"
         )
+    if parsed.get_backend_name() == "sqlite" and not str(parsed.database).startswith("file:"):
+        # Resolved now: a process that changes directory later keeps the same file.
+        parsed = parsed.set(database=os.path.abspath(str(parsed.database)))
     return parsed
 
 
@@ -433,8 +436,12 @@ class SQLTransport(Transport):
                 yield conn
 
     def describe(self) -> str:
-        """The URL with its password hidden, and the table prefix."""
-        return f"{redact(self.url)} (tables {self.prefix}*)"
+        """The URL with its password hidden (for SQLite, the absolute path of the
+        file, so that processes started in different directories can compare),
+        and the table prefix."""
+        target = self._engine.url
+        where = f"sqlite:///{target.database}" if self._is_sqlite else redact(self.url)
+        return f"{where} (tables {self.prefix}*)"
 
     # -- schema ------------------------------------------------------------------
 

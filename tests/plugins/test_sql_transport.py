@@ -463,3 +463,17 @@ def test_servers_without_skip_locked_are_refused(monkeypatch: pytest.MonkeyPatch
         monkeypatch.undo()
         t.drop_schema()
         t.close()
+
+
+def test_relative_sqlite_path_is_fixed_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    t = create_transport("sqlite:///polyq.sqlite3")
+    assert f"sqlite:///{tmp_path / 'polyq.sqlite3'}" in t.describe()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # e.g. a daemon changing directory
+    t.publish([_msg("q")])
+    assert create_transport(services.sqlite_url(tmp_path)).size("q") == 1
+    assert not (tmp_path / "elsewhere" / "polyq.sqlite3").exists()
+    t.close()
