@@ -78,7 +78,7 @@ def run_once(url: str, tasks: int, mode: str, pool: str, concurrency: int, path:
     return tasks / elapsed
 
 
-def per_task_cost(url: str, n: int = 20000) -> tuple[float, float]:
+def per_task_cost(url: str, n: int = 5000) -> tuple[float, float]:
     """Microseconds the worker's main process spends on events per task (events on):
     three events built and queued plus the body decode for ``args``, and the
     background flush (JSON + broadcast) amortised; measured in this process on
@@ -90,22 +90,29 @@ def per_task_cost(url: str, n: int = 20000) -> tuple[float, float]:
     app = Polyq("bench.events", broker=url, backend=url)
     out = encode(TaskMessage(task="evq.noop", args=[1]))
     delivery = Delivery(out.queue, out.message_id, out.body, dict(out.headers), 1)
-    dispatcher = EventDispatcher(app, "micro@h", True, flush_interval=3600)
-    dispatcher._thread = threading.current_thread()  # no background thread: flush by hand
-    started = time.perf_counter()
-    for i in range(n):
-        task_id = str(i)
-        dispatcher.send(
-            "task-received", uuid=task_id, name="evq.noop", **message_fields(delivery, app.accept)
-        )
-        dispatcher.send("task-started", uuid=task_id, name="evq.noop")
-        dispatcher.send("task-succeeded", uuid=task_id, runtime=0.0001, action="ack", reason=None)
-    hot = (time.perf_counter() - started) / n * 1e6
-    started = time.perf_counter()
-    dispatcher.flush()
-    flush = (time.perf_counter() - started) / n * 1e6
+    hot_runs, flush_runs = [], []
+    for _ in range(5):  # the best of five: the machine's other load only adds time
+        dispatcher = EventDispatcher(app, "micro@h", True, flush_interval=3600)
+        dispatcher._thread = threading.current_thread()  # no background thread: flush by hand
+        started = time.perf_counter()
+        for i in range(n):
+            task_id = str(i)
+            dispatcher.send(
+                "task-received",
+                uuid=task_id,
+                name="evq.noop",
+                **message_fields(delivery, app.accept),
+            )
+            dispatcher.send("task-started", uuid=task_id, name="evq.noop")
+            dispatcher.send(
+                "task-succeeded", uuid=task_id, runtime=0.0001, action="ack", reason=None
+            )
+        hot_runs.append((time.perf_counter() - started) / n * 1e6)
+        started = time.perf_counter()
+        dispatcher.flush()
+        flush_runs.append((time.perf_counter() - started) / n * 1e6)
     app.close()
-    return hot, flush
+    return min(hot_runs), min(flush_runs)
 
 
 def main() -> None:

@@ -68,6 +68,8 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_EXPIRY = 3.0
 #: One broadcast carries at most this many bytes of events (SQL brokers cap at 256 KiB).
 MAX_BATCH_BYTES = 128 * 1024
+#: Events per broadcast at most (then split further if the bytes exceed MAX_BATCH_BYTES).
+BATCH_EVENTS = 256
 #: Repr of arguments in events is cut to this many characters.
 ARG_REPR_LIMIT = 1024
 
@@ -149,16 +151,13 @@ class EventDispatcher:
         break the worker)."""
         if not self.enabled or self._closed.is_set():
             return
-        event = {
-            "type": type_,
-            "hostname": self.hostname,
-            "timestamp": time.time(),
-            "pid": os.getpid(),
-            **fields,
-        }
+        fields["type"] = type_
+        fields["hostname"] = self.hostname
+        fields["timestamp"] = time.time()
+        fields["pid"] = pid = os.getpid()
         with self._lock:
-            self._buffer.append(event)
-            if self._thread is None or self._pid != os.getpid():
+            self._buffer.append(fields)  # a fresh dict: ** built it for this call
+            if self._thread is None or self._pid != pid:
                 self._start_thread()
 
     def start(self, info: Callable[[], dict[str, Any]] | None = None) -> None:
@@ -208,24 +207,24 @@ class EventDispatcher:
             return
         limit = self.app.transport.capabilities.max_message_size or MAX_BATCH_BYTES
         limit = min(limit, MAX_BATCH_BYTES)
-        batch: list[bytes] = []
-        size = 2
-        for event in events:
-            data = json.dumps(event, default=str).encode()
-            if batch and size + len(data) + 1 > limit:
-                self._broadcast(batch)
-                batch, size = [], 2
-            batch.append(data)
-            size += len(data) + 1
-        self._broadcast(batch)
+        for start in range(0, len(events), BATCH_EVENTS):
+            self._send_batch(events[start : start + BATCH_EVENTS], limit)
 
-    def _broadcast(self, batch: list[bytes]) -> None:
+    def _send_batch(self, events: list[dict[str, Any]], limit: int) -> None:
+        # One dumps() per batch (much cheaper than one per event); halve a batch
+        # that comes out too big for the broker.
+        data = json.dumps(events, default=str, separators=(",", ":")).encode()
+        if len(data) > limit and len(events) > 1:
+            half = len(events) // 2
+            self._send_batch(events[:half], limit)
+            self._send_batch(events[half:], limit)
+            return
         try:
-            self.app.transport.broadcast(EVENT_CHANNEL, b"[" + b",".join(batch) + b"]")
-            self.sent += len(batch)
+            self.app.transport.broadcast(EVENT_CHANNEL, data)
+            self.sent += len(events)
             self.broadcasts += 1
         except Exception:
-            logger.debug("%d events not sent", len(batch), exc_info=True)
+            logger.debug("%d events not sent", len(events), exc_info=True)
 
     def close(self) -> None:
         """Send ``worker-offline`` (if :meth:`start` was called) and flush; idempotent."""

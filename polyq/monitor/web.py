@@ -233,7 +233,11 @@ class Monitor:
             record = records.get(task["uuid"])
             if record and record.get("status") not in (states.PENDING, None):
                 status = str(record["status"])
-                if status not in (states.STARTED, states.RECEIVED):
+                if status not in states.READY_STATES and status not in (
+                    states.STARTED,
+                    states.RECEIVED,
+                    states.RETRY,
+                ):
                     task["progress"] = _jsonable(record.get("result"))
                     task["backend_state"] = status
         return tasks
