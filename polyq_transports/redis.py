@@ -902,9 +902,11 @@ class RedisTransport(Transport):
 
     def scheduled(self, queue: str, limit: int = 100) -> list[ScheduledMessage]:
         """Delayed messages of ``queue``, soonest first."""
+        if limit <= 0:
+            return []
         k = self._k(queue)
         with self._errors(f"list scheduled messages of {queue!r}"):
-            entries = self._client.zrange(k.delayed, 0, max(0, limit - 1), withscores=True)
+            entries = self._client.zrange(k.delayed, 0, limit - 1, withscores=True)
             members = [m for m, _ in entries]
             payloads = self._client.hmget(k.msg, members) if members else []
         found = []
@@ -925,9 +927,12 @@ class RedisTransport(Transport):
 
     # -- dead letters ----------------------------------------------------------------
 
-    def _dead(self, queue: str, limit: int) -> list[DeadLetter]:
+    def _dead(self, queue: str, limit: int | None) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters (all when ``None``), oldest first."""
+        if limit is not None and limit <= 0:
+            return []
         k = self._k(queue)
-        stop = -1 if limit < 0 else max(0, limit - 1)
+        stop = -1 if limit is None else limit - 1
         with self._errors(f"read the dead letters of {queue!r}"):
             entries = self._client.zrange(k.dead, 0, stop, withscores=True)
             members = [m for m, _ in entries]
@@ -963,7 +968,7 @@ class RedisTransport(Transport):
         wanted = None if message_ids is None else set(message_ids)
         members = [
             letter.receipt
-            for letter in self._dead(queue, -1)
+            for letter in self._dead(queue, None)
             if wanted is None or letter.message_id in wanted
         ]
         if not members:
