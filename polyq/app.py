@@ -579,6 +579,14 @@ class Polyq:
 
         return GroupResult(group_id, results, app=self)
 
+    def add_periodic_task(
+        self, schedule: Any, sig: Any, name: str | None = None, **options: Any
+    ) -> str:
+        """Add a periodic task to ``beat_schedule`` (Celery's API); see ``polyq beat``."""
+        from polyq.beat import add_periodic_task
+
+        return add_periodic_task(self, schedule, sig, name, **options)
+
     def Worker(self, **options: Any) -> Any:
         """A :class:`polyq.worker.Worker` for this app."""
         from polyq.worker import Worker
