@@ -6,7 +6,8 @@ from polyq.testing.conformance import BackendSuite
 
 class TestJSONFileBackend(BackendSuite):
     @pytest.fixture(scope="class")
-    def backend_url(self, tmp_path_factory):
+    @classmethod
+    def backend_url(cls, tmp_path_factory):
         return f"jsonfile://{tmp_path_factory.mktemp('store')}/results.json"
 
     def make_backend(self, url, **options):

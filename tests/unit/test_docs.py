@@ -81,7 +81,8 @@ class TestPluginExampleConforms(BackendSuite):
     """The example backend of the docs passes the backend conformance suite."""
 
     @pytest.fixture(scope="class")
-    def backend_url(self, tmp_path_factory):
+    @classmethod
+    def backend_url(cls, tmp_path_factory):
         return f"jsonfile://{tmp_path_factory.mktemp('store')}/results.json"
 
     def make_backend(self, url, **options):
