@@ -653,10 +653,16 @@ class RabbitMQTransport(Transport):
                 if not fut.done():
                     fut.set_exception(exc if isinstance(exc, Exception) else BrokerError(exc))
 
+            def on_open(conn: Any, fut: asyncio.Future[Any] = opened) -> None:
+                if fut.done():  # we gave up on it: do not leak a late connection
+                    conn.close()
+                else:
+                    fut.set_result(conn)
+
             try:
                 AsyncioConnection(
                     self._params[index],
-                    on_open_callback=_resolve(opened),
+                    on_open_callback=on_open,
                     on_open_error_callback=on_error,
                     custom_ioloop=self._loop,
                 )
@@ -714,9 +720,9 @@ class RabbitMQTransport(Transport):
     def _unreachable(self) -> BrokerError:
         last = self._last_error
         detail = _describe_close(last) if last is not None else "no answer"
-        if isinstance(
-            last, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError
-        ):
+        if isinstance(last, pika.exceptions.ProbableAccessDeniedError):
+            detail = f"access denied ({last}); check that the vhost exists and the user may use it"
+        elif isinstance(last, _REFUSED):
             detail = f"authentication failed ({last}); check the user and password in the URL"
         return BrokerError(
             f"cannot reach RabbitMQ at {redact(self.url)} within {self.connect_timeout:.0f} s: "

@@ -310,3 +310,13 @@ def test_inspecting_scheduled_messages_keeps_their_time(
     assert [d.message_id for d in got] == ["soon"]
     assert got[0].delivery_count == 1
     assert 1.45 <= arrived <= 2.2, arrived
+
+
+def test_missing_vhost_is_a_clear_error(url: str, queue: str) -> None:
+    parts = urlsplit(url)
+    t = create_transport(parts._replace(path="/no-such-vhost-polyq").geturl(), connect_timeout=5)
+    try:
+        with pytest.raises(BrokerError, match="vhost"):
+            t.publish([_msg(queue)])
+    finally:
+        t.close()
