@@ -289,7 +289,7 @@ def test_get_inside_a_task_raises() -> None:
         return int(inner.delay().get(timeout=5))
 
     with start_worker(app):
-        with pytest.raises(RuntimeError, match="Never call result.get"):
+        with pytest.raises(RuntimeError, match=r"Never call result\.get"):
             outer.delay().get(timeout=10)
 
 
