@@ -1445,6 +1445,20 @@ class RabbitMQTransport(Transport):
             buffered = sum(1 for e in self._buffer if e[2].queue == queue)
         return ready + held + buffered
 
+    async def _delete(self, queue: str) -> None:
+        names = [queue, f"{queue}.dlq"] + [name for name, _ in await self._level_names(queue)]
+        async with self._temp() as c:
+            for name in names:
+                await c.call(functools.partial(c.channel.queue_delete, name))
+        self._declared.discard(queue)
+        self._declared.discard(f"{queue}.dlq")
+        self._levels.pop(queue, None)
+
+    def delete_queue(self, queue: str) -> None:
+        """Delete ``queue`` with its dead letters and delay levels, messages and all
+        (RabbitMQ-specific: tests and tear-downs use it so nothing is left behind)."""
+        self._call(self._delete(queue), self._budget())
+
     def queues(self) -> list[str]:
         """The work queues this instance declared (AMQP cannot list a vhost's queues)."""
         return sorted(q for q in self._declared if not q.endswith(".dlq"))

@@ -6,37 +6,14 @@ dead-letter queue and the delay level queues), so runs leave nothing on the brok
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
-import pika
 import pytest
 
 from polyq.testing import services
 from polyq.testing.conformance import TransportSuite
-from polyq_transports.rabbitmq import DELAY_LEVELS
-
-
-def delete_queues(url: str, names: list[str]) -> None:
-    """Delete ``names`` and their ``.dlq`` and ``.delay.NN`` companions, if present."""
-    params = pika.URLParameters(url.split("?", 1)[0])
-    if urlsplit(url).path in ("", "/", "//"):
-        params.virtual_host = "/"
-    connection = pika.BlockingConnection(params)
-    try:
-        channel = connection.channel()
-        for name in names:
-            companions = [name, f"{name}.dlq"]
-            companions += [f"{name}.delay.{level:02d}" for level in range(DELAY_LEVELS)]
-            for queue in companions:
-                if channel.is_closed:
-                    channel = connection.channel()
-                with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                    channel.queue_delete(queue)
-    finally:
-        connection.close()
+from polyq_transports.rabbitmq import RabbitMQTransport
 
 
 class TestRabbitMQTransport(TransportSuite):
@@ -54,4 +31,9 @@ class TestRabbitMQTransport(TransportSuite):
 
         yield new_queue
         if names:
-            delete_queues(transport_url, names)
+            cleaner = RabbitMQTransport(transport_url)
+            try:
+                for name in names:
+                    cleaner.delete_queue(name)
+            finally:
+                cleaner.close()

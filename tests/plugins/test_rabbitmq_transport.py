@@ -26,7 +26,7 @@ from polyq.exceptions import BrokerError, ConfigurationError
 from polyq.registry import create_transport
 from polyq.testing import services
 from polyq.transport import OutgoingMessage, Transport
-from polyq_transports.rabbitmq import DELAY_LEVELS, RabbitMQTransport
+from polyq_transports.rabbitmq import RabbitMQTransport
 
 
 def _blocking(url: str) -> pika.BlockingConnection:
@@ -72,17 +72,13 @@ def connect(url: str) -> Iterator[Callable[..., Transport]]:
 def queue(url: str) -> Iterator[str]:
     name = f"pqrabbit-{uuid.uuid4().hex[:10]}"
     yield name
-    connection = _blocking(url)
+    cleaner = RabbitMQTransport(url)
     try:
-        channel = connection.channel()
-        names = [name, f"{name}.dlq"] + [f"{name}.delay.{k:02d}" for k in range(DELAY_LEVELS)]
-        for each in names:
-            if channel.is_closed:
-                channel = connection.channel()
-            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                channel.queue_delete(each)
+        cleaner.delete_queue(name)
     finally:
-        connection.close()
+        cleaner.close()
+    assert _ready(url, name) is None
+    assert _ready(url, f"{name}.delay.00") is None
 
 
 def _ready(url: str, name: str) -> int | None:
