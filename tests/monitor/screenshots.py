@@ -49,7 +49,9 @@ def main(out: Path, seconds: float = 30.0) -> None:
             burst_at = time.monotonic() + seconds / 3
             while time.monotonic() < deadline:
                 for _ in range(rng.randint(2, 8)):
-                    app.send_task("tests.monitor.monapp.add", (rng.randint(1, 99), rng.randint(1, 99)))
+                    app.send_task(
+                        "tests.monitor.monapp.add", (rng.randint(1, 99), rng.randint(1, 99))
+                    )
                 if rng.random() < 0.3:
                     monapp.boom.delay(f"bad input #{rng.randint(1, 999)}")
                 if rng.random() < 0.2:

@@ -95,8 +95,10 @@ def test_workers_page_and_a_task_from_received_to_succeeded(
     try:
         driver.get(f"{base}/workers")
         row = f'#workers tr[data-hostname="page@{HOST}"]'
-        wait_for(lambda: "online" in driver.find_element("css selector", row).text,
-                 what="the worker listed online")
+        wait_for(
+            lambda: "online" in driver.find_element("css selector", row).text,
+            what="the worker listed online",
+        )
         assert "threads" in driver.find_element("css selector", row).text
         driver.save_screenshot(str(artifacts / "workers.png"))
 
@@ -123,8 +125,10 @@ def test_workers_page_and_a_task_from_received_to_succeeded(
         wait_for(lambda: "42" in driver.find_element("id", "task").text, what="the result")
         driver.save_screenshot(str(artifacts / "task.png"))
         driver.get(f"{base}/queues")
-        wait_for(lambda: driver.find_elements("css selector", '#queues tr[data-queue="celery"]'),
-                 what="the celery queue")
+        wait_for(
+            lambda: driver.find_elements("css selector", '#queues tr[data-queue="celery"]'),
+            what="the celery queue",
+        )
         driver.save_screenshot(str(artifacts / "queues.png"))
     finally:
         worker.stop()
@@ -142,16 +146,21 @@ def test_revoke_from_the_page_survives_a_worker_restart(
     try:
         blocker = monapp.sleep.delay(3)
         queued = monapp.add.delay(1, 1)
+
         def blocker_running() -> bool:
             replies = app.control.inspect(timeout=0.5).active()
-            return any(t["id"] == blocker.id for r in replies for tasks in r.values() for t in tasks)
+            return any(
+                t["id"] == blocker.id for r in replies for tasks in r.values() for t in tasks
+            )
 
         wait_for(blocker_running, what="the blocker to start")
         driver.get(f"{base}/tasks")
         button = f'#tasks tr[data-id="{queued.id}"] button.revoke'
         wait_for(lambda: row_state(driver, queued.id) == "PENDING", what="the queued task listed")
-        wait_for(lambda: driver.find_element("css selector", button).click() or True,
-                 what="clicking Revoke")
+        wait_for(
+            lambda: driver.find_element("css selector", button).click() or True,
+            what="clicking Revoke",
+        )
         wait_for(lambda: driver.find_element("id", "confirm").is_displayed(), what="the dialog")
         assert queued.id in driver.find_element("id", "confirm-text").text
         driver.save_screenshot(str(artifacts / "revoke-confirm.png"))
