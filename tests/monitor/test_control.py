@@ -186,3 +186,25 @@ def test_shutdown_one_worker(broker_url: str, cluster: str) -> None:
         assert set(cli("status", "--json")) == {W1, W2}
     finally:
         extra.stop()
+
+
+def test_reserved_lists_prefetched_tasks(cluster: str) -> None:
+    cli("control", "add_consumer", "resq", "-d", W2, "--json")
+    try:
+        sent = [monapp.sleep.apply_async((1.5,), queue="resq") for _ in range(4)]
+        ids = {r.id for r in sent}
+
+        def split() -> tuple[set[str], set[str]] | None:
+            active = {t["id"] for t in cli("inspect", "active", "-d", W2, "--json")[W2]}
+            reserved = {t["id"] for t in cli("inspect", "reserved", "-d", W2, "--json")[W2]}
+            return (
+                (active, reserved) if len(active & ids) == 2 and len(reserved & ids) == 2 else None
+            )
+
+        active, reserved = wait_for(split, what="two running and two reserved on w2")
+        assert active | reserved >= ids and not active & reserved
+        human = cli("inspect", "reserved", "-d", W2).stdout
+        assert "tests.monitor.monapp.sleep" in human and "args=[1.5]" in human
+        assert all(r.get(timeout=15) == 1.5 for r in sent)
+    finally:
+        cli("control", "cancel_consumer", "resq", "-d", W2, "--json")
