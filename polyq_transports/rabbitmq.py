@@ -699,6 +699,12 @@ class RabbitMQTransport(Transport):
         self._forget_consumer()
         for sub in self._subs:
             sub.pika_channel = None
+        # The broker may have restarted (transient exchanges gone) or been replaced:
+        # declare everything again on the next connection.
+        self._declared.clear()
+        self._exchanges.clear()
+        self._levels.clear()
+        self._shared_levels = 0
         with self._cond:
             self._up_flag = False
             if self._down_since is None:
@@ -1581,15 +1587,28 @@ class RabbitMQTransport(Transport):
     # -- broadcast -------------------------------------------------------------------
 
     def broadcast(self, channel: str, body: bytes) -> None:
-        """Publish ``body`` on the fanout exchange of ``channel`` (transient)."""
+        """Publish ``body`` on the fanout exchange of ``channel`` (transient). The
+        first call declares the exchange and waits for the confirm; later ones are
+        fire and forget, as the contract allows (events and control commands)."""
+        exchange = BROADCAST_PREFIX + channel
+        props = pika.BasicProperties(delivery_mode=1)
+        if exchange in self._exchanges and self._up_flag:
+            self._soon(functools.partial(self._broadcast_now, exchange, body, props))
+            return
 
         async def send() -> None:
             await self._connected()
-            exchange = BROADCAST_PREFIX + channel
             await self._declare_exchange(exchange, "fanout", durable=False)
-            await self._send([(exchange, "", body, pika.BasicProperties(delivery_mode=1), False)])
+            await self._send([(exchange, "", body, props, False)])
 
         self._call(send(), self._budget())
+
+    def _broadcast_now(self, exchange: str, body: bytes, props: pika.BasicProperties) -> None:
+        channel = self._pub
+        if channel is None or not channel.is_open:
+            return  # the broker is away: a broadcast is not kept for later
+        channel.basic_publish(exchange, "", body, props)
+        self._pub_tag += 1  # its confirm matches no waiting batch
 
     def subscribe(self, channel: str) -> Subscription:
         """Listen on ``channel``; returns once the listening queue is bound."""

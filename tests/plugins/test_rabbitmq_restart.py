@@ -10,7 +10,8 @@ checks the ledger:
 * at least 90 % were confirmed, and publishing happened on both sides of the crash;
 * every confirmed message was executed (consumed and acked) at least once;
 * duplicates (a message executed twice because its ack died with the node) are
-  counted and reported, as are unconfirmed messages that arrived anyway.
+  counted and reported, as are unconfirmed messages that arrived anyway;
+* a broadcast subscription opened before the crash hears broadcasts after it.
 
 Run with ``-s`` to see the figures.
 """
@@ -166,6 +167,10 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
     options = {"connect_timeout": 5.0, "confirm_timeout": 10.0, "heartbeat": 5}
     producer = create_transport(rabbit.url, **options)
     consumer = create_transport(rabbit.url, **options)
+    listener = create_transport(rabbit.url, **options)
+    subscription = listener.subscribe("control")
+    producer.broadcast("control", b"before")
+    assert subscription.get(5) == b"before"
 
     confirmed: list[str] = []
     raised: list[str] = []
@@ -225,12 +230,20 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
                 break
             time.sleep(0.2)
         time.sleep(1.0)  # let any late duplicate show up
+        # Broadcast survives too: the subscription was re-opened on the new node.
+        deadline = time.monotonic() + 10
+        heard = None
+        while heard != b"after" and time.monotonic() < deadline:
+            producer.broadcast("control", b"after")
+            heard = subscription.get(0.5)
+        assert heard == b"after", "a subscription did not come back after the restart"
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
-        producer.close()
-        consumer.close()
+        subscription.close()
+        for t in (producer, consumer, listener):
+            t.close()
 
     confirmed_set = set(confirmed)
     missing = sorted(confirmed_set - set(executed))
