@@ -248,6 +248,12 @@ class Worker:
                 self._stopped.set()
 
     def _drain_and_stop(self, warm: bool) -> None:
+        # First let the consumer finish the receive it may be in (at most one wait):
+        # what it gets is handed back below, and nothing is taken after that, so a
+        # message given back is not received again by this worker.
+        for thread in self._threads:
+            if thread.name == "polyq-consumer":
+                thread.join(timeout=self.receive_wait + 5)
         with self._cond:
             returned = list(self._pending) + [job for _, _, job in self._delayed]
             self._pending.clear()
@@ -263,7 +269,7 @@ class Worker:
                 self._give_back(key)
         self._acks.put((None, None))
         for thread in self._threads:
-            if thread.name in ("polyq-acker", "polyq-consumer"):
+            if thread.name == "polyq-acker":
                 thread.join(timeout=10)
 
     def _give_back(self, key: int) -> None:

@@ -23,12 +23,19 @@ E2E_APP = "polyq.testing.e2e_tasks"
 def sqlite_env(tmp_path: Path) -> dict[str, str]:
     url = f"sqlite:///{tmp_path / 'polyq.sqlite3'}"
     queue = "load"
-    app.conf.update(broker_url=url, result_backend=url, task_default_queue=queue,
-                    broker_transport_options={"visibility_timeout": 2.0})
+    app.conf.update(
+        broker_url=url,
+        result_backend=url,
+        task_default_queue=queue,
+        broker_transport_options={"visibility_timeout": 2.0},
+    )
     app.close()
-    yield {"POLYQ_BROKER_URL": url, "POLYQ_RESULT_BACKEND": url,
-           "POLYQ_TASK_DEFAULT_QUEUE": queue,
-           "POLYQ_BROKER_TRANSPORT_OPTIONS": json.dumps({"visibility_timeout": 2.0})}
+    yield {
+        "POLYQ_BROKER_URL": url,
+        "POLYQ_RESULT_BACKEND": url,
+        "POLYQ_TASK_DEFAULT_QUEUE": queue,
+        "POLYQ_BROKER_TRANSPORT_OPTIONS": json.dumps({"visibility_timeout": 2.0}),
+    }
     app.close()
 
 
@@ -37,8 +44,10 @@ def test_thousand_tasks_two_workers_each_once(sqlite_env: dict[str, str], tmp_pa
     workers did a fair share, and executions overlapped in time."""
     path = str(tmp_path / "runs.jsonl")
     results = [record.delay(path, 0.002, i) for i in range(1000)]
-    workers = [WorkerProcess(E2E_APP, ["-Q", "load", "-c", "2", "-n", f"w{i}@%h"],
-                             env=sqlite_env) for i in range(2)]
+    workers = [
+        WorkerProcess(E2E_APP, ["-Q", "load", "-c", "2", "-n", f"w{i}@%h"], env=sqlite_env)
+        for i in range(2)
+    ]
     try:
         for w in workers:
             w.start()
@@ -78,7 +87,7 @@ def test_lease_extensions_are_visible_in_sqlite(sqlite_env: dict[str, str], tmp_
                 row = conn.execute(
                     "SELECT visible_at FROM polyq_messages WHERE state = 2 AND message_id = ("
                     "SELECT message_id FROM polyq_messages WHERE headers LIKE ?)",
-                    (f'%{result.id}%',),
+                    (f"%{result.id}%",),
                 ).fetchone()
             if row:
                 lease_ends.append(row[0])
@@ -92,3 +101,37 @@ def test_lease_extensions_are_visible_in_sqlite(sqlite_env: dict[str, str], tmp_
     runs = collections.Counter(r["id"] for r in read_records(path))
     assert runs[result.id] == 1
     assert all(runs[r.id] == 1 for r in behind)
+
+
+@pytest.mark.parametrize("how", ["second TERM", "QUIT"])
+def test_cold_shutdown_stops_now_and_gives_the_task_back(
+    sqlite_env: dict[str, str], tmp_path: Path, how: str
+) -> None:
+    """A second TERM (or a QUIT) stops the worker at once; the interrupted task is
+    given back to the queue and runs again elsewhere, not lost."""
+    import signal
+
+    path = str(tmp_path / "runs.jsonl")
+    worker = WorkerProcess(E2E_APP, ["-Q", "load", "-c", "1"], env=sqlite_env).start()
+    try:
+        result = record.delay(path, 4.0, "finished")
+        time.sleep(1.0)
+        if how == "QUIT":
+            worker.signal(signal.SIGQUIT)
+        else:
+            worker.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            worker.signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        worker.wait(timeout=10)
+        assert time.monotonic() - stopping < 5, "cold shutdown must not wait for the task"
+    finally:
+        worker.stop()
+    assert read_records(path) == []
+    given_back = time.time()
+    with WorkerProcess(E2E_APP, ["-Q", "load", "-c", "1"], env=sqlite_env):
+        assert result.get(timeout=40) == "finished"
+    (run,) = read_records(path)
+    assert run["delivery_count"] == 2
+    # Given back at once, not left to its lease (2 s) to expire.
+    assert run["start"] - given_back < 2.0 + 1.0
