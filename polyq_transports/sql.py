@@ -553,12 +553,13 @@ class SQLTransport(Transport):
     def _sql_promote(self, queues: int) -> str:
         # Due DELAYED rows and LEASED rows whose lease ended become READY; the
         # (queue, state, visible_at) index reads only the rows that are due.
+        # At most _PROMOTE_BATCH per claim, so that a million messages falling due
+        # at once make many short transactions rather than one long one.
         where = f"queue IN ({_marks(queues)}) AND state IN (1, 2) AND visible_at <= ?"
+        pick = f"SELECT id FROM {self._t} WHERE {where} LIMIT {_PROMOTE_BATCH}"
         if self._is_sqlite:
-            return f"UPDATE {self._t} SET state = 0 WHERE {where}"
-        pick = (
-            f"SELECT id FROM {self._t} WHERE {where} LIMIT {_PROMOTE_BATCH} FOR UPDATE SKIP LOCKED"
-        )
+            return f"UPDATE {self._t} SET state = 0 WHERE id IN ({pick})"
+        pick += " FOR UPDATE SKIP LOCKED"
         if self._is_pg:
             return f"UPDATE {self._t} SET state = 0 WHERE id IN ({pick})"
         return pick  # MySQL: the ids, then _sql_promote_ids
@@ -898,11 +899,12 @@ class SQLTransport(Transport):
                 listener.close()
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Delete the messages (one statement); lost leases are ignored."""
+        """Delete the messages (one statement per 500); lost leases are ignored."""
         if not deliveries:
             return
         with self._raw("acking") as cursor:
-            cursor.execute(self._sql("ack", len(deliveries)), _fence_params(deliveries))
+            for chunk in _chunks(deliveries):
+                cursor.execute(self._sql("ack", len(chunk)), _fence_params(chunk))
 
     def nack(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Release the lease: ready now, or after ``delay`` seconds."""
@@ -914,16 +916,17 @@ class SQLTransport(Transport):
             )
 
     def extend_lease(self, deliveries: Sequence[Delivery]) -> None:
-        """Restart the leases at ``visibility_timeout`` from now (one statement). A
+        """Restart the leases at ``visibility_timeout`` from now (one statement per
+        500). A
         lease that ended but was not claimed by anyone else is taken back."""
         if not deliveries:
             return
         lease_end = time.time() + self.visibility_timeout
         with self._raw("extending leases") as cursor:
-            cursor.execute(
-                self._sql("release", len(deliveries)),
-                (LEASED, lease_end, *_fence_params(deliveries)),
-            )
+            for chunk in _chunks(deliveries):
+                cursor.execute(
+                    self._sql("release", len(chunk)), (LEASED, lease_end, *_fence_params(chunk))
+                )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to ``<prefix>dead_letters`` with ``reason``."""
@@ -1194,6 +1197,13 @@ class SQLSubscription(Subscription):
 def _is_deadlock(exc: BaseException | None) -> bool:
     code = getattr(exc, "sqlstate", None) or (getattr(exc, "args", None) or [None])[0]
     return code in ("40P01", 1213)
+
+
+def _chunks(deliveries: Sequence[Delivery], size: int = 500) -> Iterator[Sequence[Delivery]]:
+    """Slices of at most ``size``: three parameters each stays far below the
+    32766 parameters a SQLite statement takes (and keeps statements small)."""
+    for start in range(0, len(deliveries), size):
+        yield deliveries[start : start + size]
 
 
 def _marks(count: int) -> str:

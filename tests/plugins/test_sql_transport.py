@@ -477,3 +477,21 @@ def test_relative_sqlite_path_is_fixed_at_start(
     assert create_transport(services.sqlite_url(tmp_path)).size("q") == 1
     assert not (tmp_path / "elsewhere" / "polyq.sqlite3").exists()
     t.close()
+
+
+def test_large_batches_and_many_due_messages(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    t.publish([_msg("big") for _ in range(3000)])
+    t.publish([_msg("big", delay=0.2) for _ in range(1500)])
+    held = t.receive(["big"], 3000, 0)
+    assert len(held) == 3000
+    t.extend_lease(held)  # 9000 parameters in one statement would be too many
+    t.ack(held)
+    time.sleep(0.3)  # 1500 fall due at once: promoted 1000 per claim
+    got: list = []
+    while len(got) < 1500:
+        batch = t.receive(["big"], 700, 1)
+        assert batch
+        got += batch
+        t.ack(batch)
+    assert t.size("big") == 0
