@@ -263,7 +263,10 @@ class SQLResultBackend(ResultBackend):
         except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
             detail = getattr(exc, "orig", None) or exc
             raise BrokerError(
-                redact(f"{action} failed on {self.describe()}: {type(detail).__name__}: {detail}")
+                redact(
+                    f"{action} failed on {self.describe()}: {type(detail).__name__}: "
+                    f"{detail}{_hint(detail)}"
+                )
             ) from exc
 
     @contextlib.contextmanager
@@ -430,7 +433,9 @@ class SQLResultBackend(ResultBackend):
             if self.engine.dialect.is_disconnect(cast(Any, exc), conn.dbapi_connection, cursor):
                 conn.invalidate(exc)
             raise BrokerError(
-                redact(f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}")
+                redact(
+                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
+                )
             ) from exc
         except BaseException:
             with contextlib.suppress(Exception):
@@ -722,6 +727,25 @@ def _insert_ignore(dialect: str, table: sa.Table) -> Any:
     if dialect == "postgresql":
         return pg.insert(table).on_conflict_do_nothing()
     return sa.insert(table).prefix_with("IGNORE")
+
+
+def _hint(exc: object) -> str:
+    """How to fix the commonest failures, appended to the error message."""
+    text = str(exc).lower()
+    if "database is locked" in text:
+        return (
+            " (another process held the SQLite write lock longer than busy_timeout; raise"
+            " the busy_timeout option, keep transactions short, or use PostgreSQL)"
+        )
+    if "unable to open database file" in text:
+        return " (check that the directory exists and is writable by this user)"
+    if ("connection refused" in text or "can't connect" in text) and "server running" not in text:
+        return " (is the database server running and listening at that address?)"
+    if ("does not exist" in text and "database" in text) or "unknown database" in text:
+        return " (create the database first; polyq creates only its tables)"
+    if "password authentication failed" in text or "access denied" in text:
+        return " (check the user name and password in the URL)"
+    return ""
 
 
 def _is_deadlock(exc: BaseException | None) -> bool:

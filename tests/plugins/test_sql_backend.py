@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLResul
     b.close()
 
 
-def _add_members(url: str, key: str, worker: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _add_members(url: str, key: str, worker: int, out: Any) -> None:
     b = create_backend(url)
     sizes = [b.add_to_set(key, f"w{worker}-{n}", ttl=60) for n in range(40)]
     won = b.set_if_absent(f"{key}:lock", f"w{worker}".encode(), ttl=60)
