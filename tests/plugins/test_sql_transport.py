@@ -495,3 +495,23 @@ def test_large_batches_and_many_due_messages(make: object) -> None:
         got += batch
         t.ack(batch)
     assert t.size("big") == 0
+
+
+def test_sqlite_runs_in_wal_mode_and_writes_begin_immediate(tmp_path: Path) -> None:
+    t = create_transport(services.sqlite_url(tmp_path), busy_timeout=7)
+    assert isinstance(t, SQLTransport)
+    t.size("q")
+    statements: list[str] = []
+    raw = t.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert cursor.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
+        raw.driver_connection.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    finally:
+        raw.close()  # back to the pool, still traced
+    t.publish([_msg("q")])
+    t.ack(t.receive(["q"], 1, 0))
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    assert begins and all(s == "BEGIN IMMEDIATE" for s in begins), statements
+    t.close()
