@@ -97,32 +97,42 @@ Design
     short-lived channel without acking and closing it (the broker puts them back in
     their order), and replayed by republishing and acking the chosen ones.
 
-    *Broadcast* uses a fanout exchange ``polyq.broadcast.<channel>``; each
-    subscription is an exclusive, auto-delete, server-named queue bound to it.
+    *Broadcast* uses a transient fanout exchange ``polyq.broadcast.<channel>``;
+    each subscription is an exclusive, auto-delete, server-named queue bound to it.
+    The first broadcast on a channel declares the exchange and waits for its
+    confirm; later ones are fire and forget (the contract's promise), so events and
+    control commands cost no round trip.
 
     *Leases are connection-bound.* A received message stays unacked on the consumer
     channel until ``ack``; if the worker's connection dies (heartbeats stop within
     two ``heartbeat`` intervals), RabbitMQ returns it to the queue. The consumer
-    channel's ``basic.qos`` follows the worker's demand (messages handed out plus
-    the ``max_messages`` asked for, which is the worker's prefetch) unless
-    ``prefetch_count`` is given. Receipts carry the generation of the consumer
-    channel: after a reconnection, acks and nacks of deliveries from the old
-    channel are dropped (the broker already gave those messages back). RabbitMQ
-    also closes a channel whose delivery stays unacked longer than its global
-    ``consumer_timeout`` (30 min by default; only settable per queue from 3.11.15),
-    which returns every message of that channel and runs them again: keep the hard
-    time limit below it (a warning is logged when ``time_limit`` is not) and keep
-    the prefetch multiplier at 1 for long tasks, because a prefetched message waits
-    unacked too.
+    channel's ``basic.qos`` follows the worker's demand unless ``prefetch_count``
+    is given: it grows to the messages handed out plus the ``max_messages`` asked
+    for (together, the worker's prefetch), and is never lowered while the queues
+    stay the same (a lower qos would not take back what the broker already sent).
+    Receipts carry the generation of the consumer channel: after a reconnection,
+    acks and nacks of deliveries from the old channel are dropped (the broker
+    already gave those messages back). RabbitMQ also closes a channel whose
+    delivery stays unacked longer than its global ``consumer_timeout`` (30 min by
+    default; only settable per queue from 3.11.15), which returns every message of
+    that channel and runs them again: keep the hard time limit below it (a warning
+    is logged when ``time_limit`` is not) and keep the prefetch multiplier at 1 for
+    long tasks, because a prefetched message waits unacked too.
 
     *Reconnection.* When the connection drops, the I/O thread reconnects with
     backoff (0.1 s doubling to 2 s), trying each URL in turn, re-opens the
-    channels and re-subscribes. Unconfirmed publishes fail at their callers (they
+    channels, declares queues and exchanges again as they are used (the broker may
+    have restarted without its transient exchanges) and re-subscribes, so a
+    subscription opened before an outage hears broadcasts after it (those sent
+    during the outage are lost). Unconfirmed publishes fail at their callers (they
     are not silently resent, which could duplicate them); unacked deliveries were
     returned by the broker and come back with their count raised. An operation
     that finds no connection waits up to ``connect_timeout`` for one, then raises
     :class:`~polyq.exceptions.BrokerError`; ``receive`` waits at most its ``wait``
     and returns ``[]`` during a short outage.
+
+    *Clean-up.* ``delete_queue(queue)`` (specific to this plugin) deletes a queue
+    with its dead letters and delay levels; ``purge`` leaves the queues in place.
 
 Capabilities
     priority; ``max_delay`` ~77 days; ``max_message_size`` 16 MiB; broadcast;
