@@ -489,8 +489,10 @@ def create_app(monitor: Monitor) -> Flask:
         if not name:
             abort(400, "task_name is required")
         rate = body.get("rate_limit") or None
+        # Every live worker by name, so the call returns as soon as all answered.
+        alive = [w["hostname"] for w in monitor.state.worker_list() if w["alive"]]
         replies = monitor.app.control.rate_limit(
-            name, rate, destination=body.get("destination") or None, timeout=1.5
+            name, rate, destination=body.get("destination") or alive or None, timeout=3.0
         )
         return jsonify({"replies": replies})
 
@@ -501,10 +503,10 @@ def create_app(monitor: Monitor) -> Flask:
         body = _action_body()
         control = monitor.app.control
         if action == "shutdown":
-            replies = control.shutdown(destination=[hostname], timeout=2.0)
+            replies = control.shutdown(destination=[hostname], timeout=3.0)
         else:
             replies = getattr(control, action)(
-                int(body.get("n") or 1), destination=[hostname], timeout=2.0
+                int(body.get("n") or 1), destination=[hostname], timeout=3.0
             )
         return jsonify({"replies": replies})
 

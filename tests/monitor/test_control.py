@@ -58,6 +58,14 @@ def cluster(broker_url: str) -> Iterator[str]:
 
 def cli(*args: str, ok: bool = True) -> Any:
     """Run ``polyq -A tests.monitor.monapp <args>``; parse stdout as JSON when --json."""
+    takes_timeout = args[0] in ("status", "inspect", "control") and args[1:2] not in (
+        ("revoke",),
+        ("scheduled",),
+    )
+    if takes_timeout and "-t" not in args:
+        # Under load a reply can take over a second; with -d the wait ends as soon as
+        # every destination answered, so a long timeout costs nothing when all is well.
+        args = (*args, "-t", "5" if "-d" in args else "2")
     result = CliRunner().invoke(main, ["-A", APP, *args], catch_exceptions=False)
     if ok:
         assert result.exit_code == 0, result.output
