@@ -1672,6 +1672,12 @@ class RabbitMQTransport(Transport):
         """Close the connection (held deliveries return to their queues); idempotent."""
         if self._closed:
             return
+        with self._cond:
+            # Held deliveries go back with the connection: settling them later is a
+            # no-op, as for any lost lease.
+            self._generation += 1
+            self._buffer.clear()
+            self._held.clear()
         self._closed = True
         thread = self._thread
         if thread is None or os.getpid() != self._pid:
@@ -1699,6 +1705,4 @@ class RabbitMQTransport(Transport):
         if not thread.is_alive():
             self._loop.close()
         with self._cond:
-            self._buffer.clear()
-            self._held.clear()
             self._cond.notify_all()

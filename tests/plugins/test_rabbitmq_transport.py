@@ -316,3 +316,22 @@ def test_missing_vhost_is_a_clear_error(url: str, queue: str) -> None:
             t.publish([_msg(queue)])
     finally:
         t.close()
+
+
+def test_settling_after_close_is_not_an_error(
+    queue: str, connect: Callable[..., Transport]
+) -> None:
+    t = connect()
+    t.publish([_msg(queue), _msg(queue), _msg(queue)])
+    got = t.receive([queue], 3, 3.0)
+    assert len(got) == 3
+    t.close()
+    t.ack(got[:1])
+    t.nack(got[1])
+    t.dead_letter(got[2], "too late")
+    other = connect()
+    again = []
+    deadline = time.monotonic() + 5
+    while len(again) < 3 and time.monotonic() < deadline:
+        again += other.receive([queue], 3 - len(again), 1.0)
+    assert sorted(d.delivery_count for d in again) == [2, 2, 2]
