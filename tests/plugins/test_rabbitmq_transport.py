@@ -156,7 +156,7 @@ def test_queue_declared_with_other_arguments(
     assert queue in str(info.value)
     assert "max_priority" in str(info.value)
     # Matching the existing queue works.
-    t = connect(max_priority=0)
+    t = connect(max_priority=0, queue_version=0)
     t.publish([_msg(queue, b"fits")])
     assert [d.body for d in t.receive([queue], 1, 2.0)] == [b"fits"]
 
