@@ -1289,7 +1289,7 @@ class RabbitMQTransport(Transport):
             while True:
                 out = self._take(names, max_messages)
                 remaining = deadline - time.monotonic()
-                if out or remaining <= 0:
+                if out or remaining <= 0 or self._closed:
                     break
                 self._cond.wait(remaining)
             if not out and not self._up_flag:
