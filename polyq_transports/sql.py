@@ -777,6 +777,7 @@ class SQLTransport(Transport):
             rows: list[tuple[Any, ...]] = []
             try:
                 with self._raw("receiving") as cursor:
+                    self._lease_only(cursor)
                     self._promote(cursor, queues, now)
                     for queue in order:
                         want = max_messages - len(rows)
@@ -821,6 +822,16 @@ class SQLTransport(Transport):
             receipt=(row_id, count),
             priority=priority,
         )
+
+    def _lease_only(self, cursor: Any) -> None:
+        """PostgreSQL: commit this transaction without waiting for its WAL flush.
+
+        It only changes leases (claim, nack, extend). If the server crashes before
+        the flush, the change is lost and the message is simply leased again from
+        its previous state: delivered again, never lost. ``publish`` and ``ack``
+        keep the durable commit. Saves one fsync (ms) per receive."""
+        if self._is_pg:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
     def _promote(self, cursor: Any, queues: list[str], now: float) -> None:
         """Make due DELAYED rows, and LEASED rows whose lease ended, READY."""
@@ -916,6 +927,7 @@ class SQLTransport(Transport):
         delay = max(float(delay), 0.0)
         state = DELAYED if delay > 0 else READY
         with self._raw("nacking") as cursor:
+            self._lease_only(cursor)
             cursor.execute(
                 self._sql("release", 1), (state, time.time() + delay, *_fence_params([delivery]))
             )
@@ -928,6 +940,7 @@ class SQLTransport(Transport):
             return
         lease_end = time.time() + self.visibility_timeout
         with self._raw("extending leases") as cursor:
+            self._lease_only(cursor)
             for chunk in _chunks(deliveries):
                 cursor.execute(
                     self._sql("release", len(chunk)), (LEASED, lease_end, *_fence_params(chunk))
