@@ -70,7 +70,10 @@ Claiming
 The claim transaction first promotes what became due, then claims, queue by queue,
 starting from a different queue on each call so that no queue starves the others.
 ``publish`` of a batch is one transaction with one ``executemany``; ``ack`` and
-``extend_lease`` of a batch are one statement each.
+``extend_lease`` of a batch are one statement each. On PostgreSQL the transactions
+that only move leases (claim, ``nack``, ``extend_lease``) commit with
+``synchronous_commit = off``: a server crash can only undo a lease, so the message
+is delivered again, never lost; ``publish`` and ``ack`` wait for the flush.
 
 Speed
 -----
