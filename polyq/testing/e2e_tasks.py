@@ -38,6 +38,23 @@ def _record(path: str, task: Task, start: float, **extra: Any) -> None:
         os.close(fd)
 
 
+def _mark_started(path: str, task: Task) -> None:
+    fd = os.open(path + ".started", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{task.request.id} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def started(path: str, task_id: str) -> bool:
+    """Whether the task ``task_id`` has started (at least once) recording into ``path``."""
+    try:
+        with open(path + ".started") as f:
+            return any(line.split()[0] == task_id for line in f if line.strip())
+    except FileNotFoundError:
+        return False
+
+
 def read_records(path: str) -> list[dict[str, Any]]:
     """The executions recorded in ``path``."""
     if not os.path.exists(path):
@@ -54,8 +71,10 @@ def add(x: int, y: int) -> int:
 
 @app.task(bind=True)
 def record(self: Task, path: str, seconds: float = 0.0, value: Any = None) -> Any:
-    """Sleep ``seconds`` and record the execution in ``path``."""
+    """Sleep ``seconds`` and record the execution in ``path`` (``path.started`` gets a
+    line as soon as it starts, so a test can act while it runs)."""
     start = time.time()
+    _mark_started(path, self)
     if seconds:
         time.sleep(seconds)
     _record(path, self, start)

@@ -82,6 +82,10 @@ class WorkerProcess:
 
     def start(self, ready_timeout: float = 30.0) -> WorkerProcess:
         """Start the worker and wait until it logs that it is ready."""
+        return self.launch().wait_ready(ready_timeout)
+
+    def launch(self) -> WorkerProcess:
+        """Start the worker process without waiting for it (see :meth:`wait_ready`)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "polyq", "-A", self.app_path, "worker", *self.args],
             env=self.env,
@@ -90,6 +94,11 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def wait_ready(self, ready_timeout: float = 30.0) -> WorkerProcess:
+        """Wait until the launched worker logs that it is ready."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if " ready: " in self.output():

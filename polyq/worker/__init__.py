@@ -111,6 +111,7 @@ class Worker:
             else (conf.worker_prefetch_multiplier)
         )
         self.prefetch_limit = max(self.concurrency, self.concurrency * int(multiplier))
+        self._receive_batch = max(1, self.prefetch_limit // 2)
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.install_signal_handlers = install_signal_handlers
@@ -124,6 +125,10 @@ class Worker:
         self._keys = itertools.count(1)
         self._cond = threading.Condition()
         self._dispatch_lock = threading.Lock()
+        # Held while leases are extended and while held messages are settled or given
+        # back, so an extension from a stale snapshot never re-leases a message that
+        # was just given back (that would hide it for a whole visibility timeout).
+        self._lease_lock = threading.Lock()
         self._acks: queue.SimpleQueue[tuple[Result | None, Delivery | None]] = queue.SimpleQueue()
         self._stop_consuming = threading.Event()
         #: Set once the pool and the worker's threads are running.
@@ -247,13 +252,16 @@ class Worker:
             finally:
                 self._stopped.set()
 
+    def _join_consumer(self) -> None:
+        for thread in self._threads:
+            if thread.name == "polyq-consumer" and thread is not threading.current_thread():
+                thread.join(timeout=self.receive_wait + 5)
+
     def _drain_and_stop(self, warm: bool) -> None:
         # First let the consumer finish the receive it may be in (at most one wait):
         # what it gets is handed back below, and nothing is taken after that, so a
         # message given back is not received again by this worker.
-        for thread in self._threads:
-            if thread.name == "polyq-consumer":
-                thread.join(timeout=self.receive_wait + 5)
+        self._join_consumer()
         with self._cond:
             returned = list(self._pending) + [job for _, _, job in self._delayed]
             self._pending.clear()
@@ -273,6 +281,10 @@ class Worker:
                 thread.join(timeout=10)
 
     def _give_back(self, key: int) -> None:
+        with self._lease_lock:
+            self._give_back_locked(key)
+
+    def _give_back_locked(self, key: int) -> None:
         with self._cond:
             delivery = self._held.pop(key, None)
         if delivery is not None:
@@ -317,7 +329,10 @@ class Worker:
             self.last_poll = time.monotonic()  # monitoring: liveness probe reads it
             with self._cond:
                 free = self.prefetch_limit - len(self._held)
-                if free <= 0:
+                # While the pool still has prefetched work queued, wait until half the
+                # window is free and take it in one round trip instead of one message
+                # per call; an idle pool is refilled at once.
+                if free <= 0 or (self._pending and free < self._receive_batch):
                     self._cond.wait(timeout=0.5)
                     continue
                 wait = self.receive_wait
@@ -531,6 +546,10 @@ class Worker:
                 batch.append(self._acks.get_nowait())
             except queue.Empty:
                 break
+        with self._lease_lock:
+            return self._settle_batch(batch)
+
+    def _settle_batch(self, batch: list[tuple[Result | None, Delivery | None]]) -> bool:
         to_ack: list[Delivery] = []
         finished = False
         for result, _ in batch:
@@ -548,6 +567,10 @@ class Worker:
             if action == "ack":
                 to_ack.append(delivery)
             elif action == "requeue":
+                if self._stop_consuming.is_set():
+                    # Shutting down: let the consumer's last receive end first, or it
+                    # could take this very message again only to give it back.
+                    self._join_consumer()
                 self._call(self.transport.nack, delivery, result.delay)
             else:
                 self._dead_letter(delivery, result.reason)
@@ -614,14 +637,15 @@ class Worker:
     def _keep_leases(self) -> None:
         interval = max(0.2, self.transport.visibility_timeout / 3)
         while not self._stopped.wait(interval):
-            with self._cond:
-                held = list(self._held.values())
-            if not held:
-                continue
-            try:
-                self.transport.extend_lease(held)
-            except Exception:
-                logger.exception("extending %d leases failed", len(held))
+            with self._lease_lock:
+                with self._cond:
+                    held = list(self._held.values())
+                if not held:
+                    continue
+                try:
+                    self.transport.extend_lease(held)
+                except Exception:
+                    logger.exception("extending %d leases failed", len(held))
 
     # -- revokes ---------------------------------------------------------------
 
@@ -639,13 +663,23 @@ class Worker:
             while not self._stopped.wait(2.0):
                 self._load_revoked()
             return
-        try:
-            subscription = self.transport.subscribe(CONTROL_CHANNEL)
-        except Exception:
-            logger.exception("cannot listen for control commands")
-            return
-        with subscription:
-            self._load_revoked()  # anything revoked while we were subscribing
+        pause = 1.0
+        while not self._stopped.is_set():
+            try:
+                self._listen_once()
+                pause = 1.0
+            except Exception:
+                # The broker went away: revokes and commands must still arrive after it
+                # comes back, so listen again (and re-read durable revokes) after a pause.
+                logger.warning(
+                    "control channel lost; listening again in %.0fs", pause, exc_info=True
+                )
+                self._stopped.wait(pause)
+                pause = min(pause * 2, 30.0)
+
+    def _listen_once(self) -> None:
+        with self.transport.subscribe(CONTROL_CHANNEL) as subscription:
+            self._load_revoked()  # anything revoked while we were not listening
             while not self._stopped.is_set():
                 body = subscription.get(1.0)
                 if body is None:
@@ -674,10 +708,11 @@ class Worker:
                 for job in dropped:
                     self._pending.remove(job)
             for job in dropped:
-                with self._cond:
-                    delivery = self._held.pop(job.key, None)
-                if delivery is not None:
-                    self._revoke(delivery, job.task_name, job.task_id, expired=False)
+                with self._lease_lock:
+                    with self._cond:
+                        delivery = self._held.pop(job.key, None)
+                    if delivery is not None:
+                        self._revoke(delivery, job.task_name, job.task_id, expired=False)
 
 
 def _timestamp(text: str | None) -> float | None:

@@ -34,7 +34,7 @@ import pytest
 from polyq import states
 from polyq.exceptions import TaskError, TimeLimitExceeded
 from polyq.message import new_id
-from polyq.testing.e2e_tasks import app, read_records
+from polyq.testing.e2e_tasks import app, read_records, started
 from polyq.testing.worker import WorkerProcess
 from polyq.transport import OutgoingMessage, Transport
 
@@ -265,7 +265,8 @@ class CrashSuite(_Base):
         try:
             long = record.delay(records, 2.0, "long")
             behind = [record.delay(records, 0.0, i) for i in range(3)]
-            time.sleep(0.8)  # the long task runs; the others wait prefetched behind it
+            _wait_for(lambda: started(records, long.id), 20, "the long task to start")
+            time.sleep(0.3)  # the others wait prefetched behind it
             killed_at = time.time()
             first.kill_all()
         finally:
@@ -293,8 +294,7 @@ class CrashSuite(_Base):
 
         with self.worker(e2e_env, "-c", "1") as w:
             result = record.delay(records, 1.5, "survived")
-            _wait_for(lambda: bool(w.children()), 10, "a pool child")
-            time.sleep(0.5)
+            _wait_for(lambda: started(records, result.id), 20, "the task to start")
             killed_at = time.time()
             for pid in w.children():
                 os.kill(pid, signal.SIGKILL)
@@ -335,7 +335,7 @@ class CrashSuite(_Base):
         w = self.worker(e2e_env, "-c", "1", "--prefetch-multiplier", "4").start()
         try:
             running = record.delay(records, 1.5, "finished")
-            time.sleep(0.5)
+            _wait_for(lambda: started(records, running.id), 20, "the task to start")
             behind = [record.delay(records, 0.0, i) for i in range(3)]
             time.sleep(0.5)
             w.signal(signal.SIGTERM)
