@@ -239,13 +239,7 @@ def build_engine(url: str, options: Mapping[str, Any]) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # pysqlite would emit its own deferred BEGIN; take over (SQLAlchemy's recipe).
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.close()
+            _sqlite_setup(dbapi_conn, busy_ms, synchronous)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -257,6 +251,18 @@ def build_engine(url: str, options: Mapping[str, Any]) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _sqlite_setup(dbapi_conn: Any, busy_ms: int, synchronous: str) -> None:
+    """Settings of every SQLite connection: WAL (readers never wait for the writer),
+    the busy timeout, the sync level, and no implicit BEGIN from pysqlite (we issue
+    ``BEGIN IMMEDIATE`` ourselves: SQLAlchemy's recipe)."""
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.close()
 
 
 def _prefix(options: Mapping[str, Any]) -> str:
@@ -369,6 +375,11 @@ class SQLTransport(Transport):
         self.dialect = self._engine.dialect.name  # sqlite, postgresql, mysql, mariadb
         self._is_pg = self.dialect == "postgresql"
         self._is_sqlite = self.dialect == "sqlite"
+        self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
+        self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
+        self._local = threading.local()  # SQLite: this thread's connection
+        self._thread_connections: list[Any] = []
+        self._inherited: list[Any] = []  # a forked child's copies of the parent's
         default_poll = 1.0 if self._is_pg else 0.1
         self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
         self.broadcast_ttl = float(options.get("broadcast_ttl", 60.0))
@@ -406,6 +417,11 @@ class SQLTransport(Transport):
                     # close=False: the parent's connections are the parent's to close.
                     self._engine.dispose(close=False)
                     self._listener = None
+                    # Kept referenced, never used: closing (or collecting) a SQLite
+                    # handle in a child can disturb the parent's locks.
+                    self._inherited.extend(self._thread_connections)
+                    self._thread_connections = []
+                    self._local = threading.local()
                     self._pid = os.getpid()
         return self._engine
 
@@ -616,20 +632,68 @@ class SQLTransport(Transport):
         probe = f"SELECT ?, min(visible_at) FROM {self._t} WHERE queue = ? AND state = ?"
         return " UNION ALL ".join([probe] * (3 * queues))
 
-    @contextlib.contextmanager
-    def _raw(self, action: str, write: bool = True) -> Iterator[Any]:
+    def _raw(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
         """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
-        reads there are single statements in autocommit),
-        committed on exit, rolled back on error; driver errors become
-        :class:`BrokerError` and a broken connection is dropped from the pool."""
+        reads there are single statements in autocommit), committed on exit, rolled
+        back on error; driver errors become :class:`BrokerError` and a broken
+        connection is dropped from the pool."""
         self.ensure_schema()
+        if self._is_sqlite:
+            return self._raw_sqlite(action, write)
+        return self._raw_pooled(action)
+
+    @contextlib.contextmanager
+    def _raw_sqlite(self, action: str, write: bool) -> Iterator[Any]:
+        # SQLite: one connection per thread, kept (a pool checkout and return cost
+        # more than the statements of a receive). Opening a file is cheap and never
+        # fails for a reason a retry would fix, so there is nothing to invalidate.
+        conn = self._thread_connection(action)
+        cursor = conn.cursor()
+        try:
+            if write:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            if write:
+                conn.commit()
+        except self._dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise BrokerError(
+                redact(
+                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
+                )
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def _thread_connection(self, action: str) -> Any:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
+            engine = self.engine  # rebuilt after fork; so are these connections
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            try:
+                conn = engine.dialect.connect(*cargs, **cparams)
+                _sqlite_setup(conn, self._busy_ms, self._synchronous)
+            except self._dbapi_error as exc:
+                raise BrokerError(
+                    redact(f"{action} failed on {self.describe()}: {exc}{_hint(exc)}")
+                ) from exc
+            local.conn, local.pid = conn, os.getpid()
+            with self._lock:
+                self._thread_connections.append(conn)
+        return local.conn
+
+    @contextlib.contextmanager
+    def _raw_pooled(self, action: str) -> Iterator[Any]:
         with self._errors(action):
             conn = self.engine.raw_connection()
         cursor = None
         try:
             cursor = conn.cursor()
-            if self._is_sqlite and write:  # a read is one statement: autocommit suffices
-                cursor.execute("BEGIN IMMEDIATE")
             yield cursor
             conn.commit()
         except self._dbapi_error as exc:
@@ -1115,7 +1179,13 @@ class SQLTransport(Transport):
         """Close the pooled connections (idempotent)."""
         self._drop_listener()
         if os.getpid() == self._pid:
+            with self._lock:
+                connections, self._thread_connections = self._thread_connections, []
+            for conn in connections:
+                with contextlib.suppress(Exception):
+                    conn.close()
             self._engine.dispose()
+        self._local = threading.local()
 
 
 class SQLSubscription(Subscription):

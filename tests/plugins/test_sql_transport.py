@@ -502,14 +502,10 @@ def test_sqlite_runs_in_wal_mode_and_writes_begin_immediate(tmp_path: Path) -> N
     assert isinstance(t, SQLTransport)
     t.size("q")
     statements: list[str] = []
-    raw = t.engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert cursor.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
-        raw.driver_connection.set_trace_callback(statements.append)  # type: ignore[union-attr]
-    finally:
-        raw.close()  # back to the pool, still traced
+    conn = t._thread_connection("test")  # the connection this thread's calls use
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
+    conn.set_trace_callback(statements.append)
     t.publish([_msg("q")])
     t.ack(t.receive(["q"], 1, 0))
     begins = [s for s in statements if s.startswith("BEGIN")]
