@@ -1,7 +1,7 @@
 """End to end through worker processes on SQS with DynamoDB results (moto on
 loopback, started in this test process; the workers are subprocesses reaching it
-over HTTP): the shared smoke and crash suites, then SQS's own paths (a FIFO and a
-standard queue, ETAs beyond the native delay limit)."""
+over HTTP): SQS's own paths, a FIFO and a standard queue and ETAs beyond the native
+delay limit. The shared smoke and crash sets run on SQS in ``tests/e2e``."""
 
 from __future__ import annotations
 
@@ -13,22 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from polyq.testing import services
-from polyq.testing.conformance.e2e import E2E_APP, CrashSuite, SmokeSuite
+from polyq.testing.conformance.e2e import E2E_APP
 from polyq.testing.e2e_tasks import app, read_records, record, retry_twice
 from polyq.testing.worker import WorkerProcess
 from polyq_transports.sqs import SQSTransport
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-class TestSQSDynamoDBSmoke(SmokeSuite):
-    @pytest.fixture(scope="class")
-    def transport_url(self) -> str:
-        return f"{services.sqs_url()}&queue_name_prefix=e{uuid.uuid4().hex[:6]}-"
-
-    @pytest.fixture(scope="class")
-    def backend_url(self) -> str:
-        return f"{services.dynamodb_url()}&table=pqe_{uuid.uuid4().hex[:8]}"
 
 
 class TestSQSQueuesEndToEnd:
@@ -127,13 +117,3 @@ class TestSQSQueuesEndToEnd:
             f"ran {run['start'] - sent:.2f}s after sending"
         )
         assert run["delivery_count"] == 1
-
-
-class TestSQSDynamoDBCrash(CrashSuite):
-    @pytest.fixture(scope="class")
-    def transport_url(self) -> str:
-        return f"{services.sqs_url()}&queue_name_prefix=c{uuid.uuid4().hex[:6]}-"
-
-    @pytest.fixture(scope="class")
-    def backend_url(self) -> str:
-        return f"{services.dynamodb_url()}&table=pqc_{uuid.uuid4().hex[:8]}"
