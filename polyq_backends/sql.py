@@ -143,13 +143,7 @@ def _build_engine(url: str, options: Mapping[str, Any]) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # pysqlite would emit its own deferred BEGIN; take over (SQLAlchemy's recipe).
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.close()
+            _sqlite_setup(dbapi_conn, busy_ms, synchronous)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -160,6 +154,17 @@ def _build_engine(url: str, options: Mapping[str, Any]) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _sqlite_setup(dbapi_conn: Any, busy_ms: int, synchronous: str) -> None:
+    """Settings of every SQLite connection (as the transport's): WAL, busy timeout,
+    sync level, and no implicit BEGIN from pysqlite."""
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.close()
 
 
 class _Tables:
@@ -219,6 +224,11 @@ class SQLResultBackend(ResultBackend):
         self.dialect = self._engine.dialect.name
         self._is_pg = self.dialect == "postgresql"
         self._is_sqlite = self.dialect == "sqlite"
+        self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
+        self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
+        self._local = threading.local()  # SQLite: this thread's connection
+        self._thread_connections: list[Any] = []
+        self._inherited: list[Any] = []  # a forked child's copies of the parent's
         # LISTEN needs psycopg 3 (postgresql+psycopg2:// URLs simply poll).
         self._listen = (
             self._is_pg
@@ -230,7 +240,7 @@ class SQLResultBackend(ResultBackend):
         self.tables = _Tables(prefix)
         self._channel = f"{prefix}results"
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._schema_ready = False
         # PostgreSQL waits: one LISTEN connection, pumped by whichever waiting thread
         # holds _listener_lock, which wakes the others through their events.
@@ -253,6 +263,11 @@ class SQLResultBackend(ResultBackend):
                 if os.getpid() != self._pid:
                     self._engine.dispose(close=False)  # the parent's connections stay its own
                     self._listener = None
+                    # Kept referenced, never used: closing (or collecting) a SQLite
+                    # handle in a child can disturb the parent's locks.
+                    self._inherited.extend(self._thread_connections)
+                    self._thread_connections = []
+                    self._local = threading.local()
                     self._pid = os.getpid()
         return self._engine
 
@@ -412,19 +427,66 @@ class SQLResultBackend(ResultBackend):
                 f"INSERT INTO {m} (name, item) VALUES (?, ?) ON CONFLICT DO NOTHING"
             )
 
-    @contextlib.contextmanager
-    def _raw(self, action: str, write: bool = True) -> Iterator[Any]:
+    def _raw(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
         """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
         SQLite reads of one statement run in autocommit), committed on exit; driver
         errors become :class:`BrokerError`, a broken connection leaves the pool."""
         self.ensure_schema()
+        if self._is_sqlite:
+            return self._raw_sqlite(action, write)
+        return self._raw_pooled(action)
+
+    @contextlib.contextmanager
+    def _raw_sqlite(self, action: str, write: bool) -> Iterator[Any]:
+        # One kept connection per thread: a pool checkout and return cost more than
+        # the statement of a get (as in the transport).
+        conn = self._thread_connection(action)
+        cursor = conn.cursor()
+        try:
+            if write:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            if write:
+                conn.commit()
+        except self._dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise BrokerError(
+                redact(
+                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
+                )
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def _thread_connection(self, action: str) -> Any:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
+            engine = self.engine  # rebuilt after fork; so are these connections
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            try:
+                conn = engine.dialect.connect(*cargs, **cparams)
+                _sqlite_setup(conn, self._busy_ms, self._synchronous)
+            except self._dbapi_error as exc:
+                raise BrokerError(
+                    redact(f"{action} failed on {self.describe()}: {exc}{_hint(exc)}")
+                ) from exc
+            local.conn, local.pid = conn, os.getpid()
+            with self._lock:
+                self._thread_connections.append(conn)
+        return local.conn
+
+    @contextlib.contextmanager
+    def _raw_pooled(self, action: str) -> Iterator[Any]:
         with self._errors(action):
             conn = self.engine.raw_connection()
         cursor = None
         try:
             cursor = conn.cursor()
-            if self._is_sqlite and write:
-                cursor.execute("BEGIN IMMEDIATE")
             yield cursor
             conn.commit()
         except self._dbapi_error as exc:
@@ -717,7 +779,13 @@ class SQLResultBackend(ResultBackend):
         """Close the pooled and listening connections (idempotent)."""
         self._drop_listener()
         if os.getpid() == self._pid:
+            with self._lock:
+                connections, self._thread_connections = self._thread_connections, []
+            for conn in connections:
+                with contextlib.suppress(Exception):
+                    conn.close()
             self._engine.dispose()
+        self._local = threading.local()
 
 
 def _insert_ignore(dialect: str, table: sa.Table) -> Any:
