@@ -115,6 +115,7 @@ class Polyq:
         _current.append(self)
         for register in list(_shared_tasks):
             register(self)
+        self._sent_events_enabled = False
         __import__("polyq.canvas").canvas.register_builtin_tasks(self)  # polyq.map, .starmap
 
     # -- configuration ---------------------------------------------------------
@@ -449,6 +450,11 @@ class Polyq:
             compression or self.conf.task_compression,
             delay=self.native_delay(message.eta, now),
         )
+        if self.conf.task_send_sent_event and not self._sent_events_enabled:
+            from polyq.events import enable_sent_events
+
+            self._sent_events_enabled = True
+            enable_sent_events(self)
         signals.before_task_publish.send(
             sender=message.task, body=out.body, headers=out.headers, routing_key=out.queue
         )

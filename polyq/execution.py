@@ -203,12 +203,13 @@ def execute(
         store_state(app, task_id, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
     soft = message.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
     args, kwargs = message.args, message.kwargs
-    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
     started = time.perf_counter()
     outcome: Outcome
     retval: Any = None
     einfo: str | None = None
     with _running(ctx):
+        # Inside the running context, so receivers (tracing) see ``task.request``.
+        signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
         try:
             task.before_start(task_id, args, kwargs)
             with _SoftTimeLimit(soft):

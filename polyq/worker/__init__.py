@@ -119,6 +119,11 @@ class Worker:
         self._check_pool_supports()
 
         self.transport = app.transport
+        check = getattr(self.transport, "check_time_limit", None)
+        if check is not None:
+            # A broker with its own delivery timeout (RabbitMQ's consumer_timeout) warns
+            # when the hard time limit would let a task outlive it.
+            check(conf.task_time_limit)
         self._held: dict[int, Delivery] = {}
         self._pending: collections.deque[Job] = collections.deque()
         self._delayed: list[tuple[float, int, Job]] = []  # rate-limited, by start time

@@ -72,6 +72,9 @@ class _Base:
             try:
                 app.transport.purge(queue)
                 app.transport.purge_dead_letters(queue)
+                delete = getattr(app.transport, "delete_queue", None)
+                if delete is not None:  # brokers with real queues (RabbitMQ) keep none behind
+                    delete(queue)
             finally:
                 app.close()
 
