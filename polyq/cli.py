@@ -84,8 +84,9 @@ class _Ctx:
 @click.option("--result-backend", help="result backend URL (overrides the app's)")
 @click.version_option(package_name="polyq")
 @click.pass_context
-def main(ctx: click.Context, app_path: str | None, broker: str | None,
-         result_backend: str | None) -> None:
+def main(
+    ctx: click.Context, app_path: str | None, broker: str | None, result_backend: str | None
+) -> None:
     """polyq: a distributed task queue. Run `polyq demo` to see it work."""
     ctx.obj = _Ctx(app_path, broker, result_backend)
 
@@ -111,20 +112,34 @@ def _where(app: Polyq) -> None:
 @click.option("--heartbeat-file", help="touch this file every 5 s while live (liveness probe)")
 @click.option("--health-port", type=int, help="serve GET /healthz on 127.0.0.1:PORT")
 @click.pass_obj
-def worker(obj: _Ctx, concurrency: int | None, queues: str | None, hostname: str | None,
-           loglevel: str, pool: str | None, prefetch_multiplier: int | None,
-           max_tasks_per_child: int | None, max_memory_per_child: int | None,
-           time_limit: float | None, soft_time_limit: float | None,
+def worker(
+    obj: _Ctx,
+    concurrency: int | None,
+    queues: str | None,
+    hostname: str | None,
+    loglevel: str,
+    pool: str | None,
+    prefetch_multiplier: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    time_limit: float | None,
+    soft_time_limit: float | None,
     embed_beat: bool = False,
-           send_events: bool = False, heartbeat_file: str | None = None,
-           health_port: int | None = None) -> None:
+    send_events: bool = False,
+    heartbeat_file: str | None = None,
+    health_port: int | None = None,
+) -> None:
     """Start a worker."""
     from polyq.utils.log import setup_logging
     from polyq.worker import Worker
 
     app = obj.app
-    setup_logging(loglevel, app.conf.worker_log_format, app.conf.worker_task_log_format,
-                  app.conf.worker_hijack_root_logger)
+    setup_logging(
+        loglevel,
+        app.conf.worker_log_format,
+        app.conf.worker_task_log_format,
+        app.conf.worker_hijack_root_logger,
+    )
     try:
         w = Worker(
             app,
@@ -142,8 +157,10 @@ def worker(obj: _Ctx, concurrency: int | None, queues: str | None, hostname: str
     except PolyqError as exc:
         raise click.ClickException(redact(str(exc))) from None
     _where(app)
-    click.echo(f"tasks:   {', '.join(sorted(n for n in app.tasks if not n.startswith('polyq.')))}",
-               err=True)
+    click.echo(
+        f"tasks:   {', '.join(sorted(n for n in app.tasks if not n.startswith('polyq.')))}",
+        err=True,
+    )
     if heartbeat_file or health_port:  # monitoring: liveness for orchestrators
         from polyq.monitor.liveness import Liveness
 
@@ -187,16 +204,31 @@ def _json_arg(value: str | None, kind: type, what: str) -> Any:
 @click.option("--priority", type=click.IntRange(0, 9))
 @click.option("--wait", "wait_for", type=float, help="wait this many seconds for the result")
 @click.pass_obj
-def call(obj: _Ctx, name: str, args: str | None, kwargs: str | None, countdown: float | None,
-         eta: str | None, expires: float | None, queue: str | None, priority: int | None,
-         wait_for: float | None) -> None:
+def call(
+    obj: _Ctx,
+    name: str,
+    args: str | None,
+    kwargs: str | None,
+    countdown: float | None,
+    eta: str | None,
+    expires: float | None,
+    queue: str | None,
+    priority: int | None,
+    wait_for: float | None,
+) -> None:
     """Send task NAME and print its id."""
     app = obj.app
     _where(app)
     when = datetime.datetime.fromisoformat(eta) if eta else None
     result = app.send_task(
-        name, _json_arg(args, list, "--args"), _json_arg(kwargs, dict, "--kwargs"),
-        countdown=countdown, eta=when, expires=expires, queue=queue, priority=priority,
+        name,
+        _json_arg(args, list, "--args"),
+        _json_arg(kwargs, dict, "--kwargs"),
+        countdown=countdown,
+        eta=when,
+        expires=expires,
+        queue=queue,
+        priority=priority,
     )
     click.echo(result.id)
     if wait_for:
@@ -267,8 +299,10 @@ def dlq_list(obj: _Ctx, queue: str | None, limit: int) -> None:
         click.echo(f"no dead letters in {name}")
     for d in letters:
         when = datetime.datetime.fromtimestamp(d.failed_at).isoformat(timespec="seconds")
-        click.echo(f"{d.message_id}  {when}  {d.headers.get('task', '?')}[{d.headers.get('id', '?')}]"
-                   f"  {d.reason}")
+        click.echo(
+            f"{d.message_id}  {when}  {d.headers.get('task', '?')}[{d.headers.get('id', '?')}]"
+            f"  {d.reason}"
+        )
 
 
 @dlq.command("show")
@@ -341,8 +375,9 @@ def db_cleanup(obj: _Ctx) -> None:
 
 
 @main.command()
-@click.option("-n", "--tasks", "count", type=click.IntRange(4, 10000), default=40,
-              show_default=True)
+@click.option(
+    "-n", "--tasks", "count", type=click.IntRange(4, 10000), default=40, show_default=True
+)
 @click.option("-c", "--concurrency", type=int, default=2, show_default=True)
 @click.option("--keep", is_flag=True, help="keep the demo's database afterwards")
 def demo(count: int, concurrency: int, keep: bool) -> None:
@@ -362,9 +397,22 @@ def demo(count: int, concurrency: int, keep: bool) -> None:
     click.echo(f"polyq demo: broker and results in {redact(url)}")
     env = {**os.environ, "POLYQ_BROKER_URL": url, "POLYQ_RESULT_BACKEND": url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "polyq", "-A", "polyq.demo", "worker", "-c", str(concurrency),
-         "--loglevel", "ERROR", "-n", "demo@%h"],
-        env=env, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "polyq",
+            "-A",
+            "polyq.demo",
+            "worker",
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "ERROR",
+            "-n",
+            "demo@%h",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
     )
     try:
         results = [demo_tasks.add.delay(i, i) for i in range(count - 2)]
@@ -387,8 +435,9 @@ def demo(count: int, concurrency: int, keep: bool) -> None:
             by_state[r.state] = by_state.get(r.state, 0) + 1
         sums = [r.get(propagate=False) for r in results[:5]]
         click.echo(f"add(i, i) for i in 0..4 -> {sums}")
-        click.echo(f"flaky(7) -> {results[-2].get(propagate=False)!r} "
-                   f"after {results[-2].retries} retry")
+        click.echo(
+            f"flaky(7) -> {results[-2].get(propagate=False)!r} after {results[-2].retries} retry"
+        )
         click.echo(f"boom(...) -> {results[-1].state}: {results[-1].result!r}")
         elapsed = time.monotonic() - started
         summary = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items()))
