@@ -370,8 +370,11 @@ def db_init(obj: _Ctx) -> None:
 @db.command("cleanup")
 @click.pass_obj
 def db_cleanup(obj: _Ctx) -> None:
-    """Delete expired results now."""
+    """Delete expired results (and old broadcast rows of a SQL broker) now."""
     click.echo(f"deleted {obj.app.backend.cleanup()} expired record(s)")
+    prune = getattr(obj.app.transport, "cleanup", None)
+    if prune is not None:
+        click.echo(f"deleted {prune()} old broadcast row(s)")
 
 
 @main.command()
