@@ -153,6 +153,7 @@ def worker(
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
             send_events=send_events,
+            app_path=obj.app_path,
         )
     except PolyqError as exc:
         raise click.ClickException(redact(str(exc))) from None

@@ -204,6 +204,10 @@ class Settings(MutableMapping[str, Any]):
         source = obj if isinstance(obj, Mapping) else {k: getattr(obj, k) for k in dir(obj)}
         self.update_from(source, namespace)
 
+    def explicit(self) -> dict[str, Any]:
+        """The settings set in code (not defaults or environment variables)."""
+        return dict(self._explicit)
+
     def is_set(self, key: str) -> bool:
         """Whether ``key`` was set in code or the environment (not just defaulted)."""
         return key in self._explicit or (_ENV_PREFIX + key.upper()) in self._environ

@@ -87,8 +87,12 @@ class Worker:
         install_signal_handlers: bool = True,
         receive_wait: float = 1.0,
         send_events: bool = False,
+        app_path: str | None = None,
     ) -> None:
         self.app = app
+        #: ``module[:attribute]`` of the app (from ``-A``): lets the prefork pool start
+        #: replacement children in a fresh interpreter.
+        self.app_path = app_path
         conf = app.conf
         app.finalize()
         if time_limit is not None:
@@ -149,6 +153,7 @@ class Worker:
         self.send_events = bool(send_events or conf.worker_send_task_events)
         self.events = EventDispatcher(app, self.hostname, self.send_events)
         self.pool: Pool = self._make_pool()
+        self.pool.on_capacity = self._dispatch
 
     # -- configuration checks --------------------------------------------------
 
@@ -184,6 +189,8 @@ class Worker:
                 self._on_done,
                 self.max_tasks_per_child,
                 self.max_memory_per_child,
+                app_path=self.app_path,
+                settings=_picklable(self.app.conf.explicit()),
             )
         return cls(self.app, self.concurrency, self.hostname, self._on_done)
 
@@ -337,12 +344,17 @@ class Worker:
                 # While the pool still has prefetched work queued, wait until half the
                 # window is free and take it in one round trip instead of one message
                 # per call; an idle pool is refilled at once.
-                if free <= 0 or (self._pending and free < self._receive_batch):
+                full = free <= 0 or bool(self._pending and free < self._receive_batch)
+                if full:
                     self._cond.wait(timeout=0.5)
-                    continue
                 wait = self.receive_wait
                 if self._delayed:
                     wait = min(wait, max(0.01, self._delayed[0][0] - time.monotonic()))
+            if full:
+                # Safety net: whatever freed pool capacity, queued work never waits
+                # longer than this pause to start.
+                self._dispatch()
+                continue
             try:
                 deliveries = self.transport.receive(self.queues, free, wait)
                 errors = 0
@@ -718,6 +730,20 @@ class Worker:
                         delivery = self._held.pop(job.key, None)
                     if delivery is not None:
                         self._revoke(delivery, job.task_name, job.task_id, expired=False)
+
+
+def _picklable(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that can be sent to a spawned child (the rest it re-reads on import)."""
+    import pickle
+
+    kept = {}
+    for key, value in settings.items():
+        try:
+            pickle.dumps(value)
+        except Exception:
+            continue
+        kept[key] = value
+    return kept
 
 
 def _timestamp(text: str | None) -> float | None:

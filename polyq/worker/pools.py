@@ -133,6 +133,9 @@ class Pool(abc.ABC):
         self.on_done = on_done
         self.running: dict[int, Job] = {}
         self.lock = threading.Lock()
+        #: Called when the pool gains capacity without a job finishing (a child
+        #: replaced, the pool grown), so work waiting for a slot is started.
+        self.on_capacity: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Start the pool's threads or processes."""
@@ -326,6 +329,25 @@ def _child_main(
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
 
 
+def _spawned_child_main(
+    app_path: str,
+    settings: dict[str, Any],
+    conn: Connection,
+    hostname: str,
+    parent: int,
+    max_tasks: int | None,
+    max_memory_kib: int | None,
+) -> None:
+    """A child started in a fresh interpreter: import the app by its ``-A`` path and
+    apply the worker's explicit settings, then serve jobs like a forked child."""
+    from polyq.cli import find_app
+
+    app = find_app(app_path)
+    for key, value in settings.items():
+        app.conf[key] = value
+    _child_main(app, conn, hostname, parent, max_tasks, max_memory_kib)
+
+
 def _watch_parent(parent: int) -> None:
     # An orphan would go on running a task whose message will be delivered again.
     while True:
@@ -336,7 +358,15 @@ def _watch_parent(parent: int) -> None:
 
 class PreforkPool(Pool):
     """Runs each task in one of N child processes (CPU-bound work; hard time
-    limits and terminate, by killing and replacing the child)."""
+    limits and terminate, by killing and replacing the child).
+
+    The first children are forked before the worker starts its threads. A child
+    that replaces another (after a crash, a kill or recycling) is forked while
+    those threads run, possibly in the middle of a database transaction: SQLite
+    keeps per-process lock state a forked child would inherit and then wait on
+    forever. So replacements start in a fresh interpreter (``spawn``) that imports
+    the app by its ``-A`` path; without a path (an app run in-process), they fork.
+    """
 
     name = "prefork"
     hard_time_limit = True
@@ -352,11 +382,17 @@ class PreforkPool(Pool):
         on_done: OnDone,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
+        app_path: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(app, concurrency, hostname, on_done)
         self.max_tasks = max_tasks_per_child
         self.max_memory = max_memory_per_child
+        self.app_path = app_path
+        self.settings = settings or {}
         self._ctx = multiprocessing.get_context("fork")
+        self._spawn_ctx = multiprocessing.get_context("spawn")
+        self._started = False
         self._children: list[_Child] = []
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
@@ -364,24 +400,26 @@ class PreforkPool(Pool):
     def start(self) -> None:
         for _ in range(self.concurrency):
             self._children.append(self._spawn())
+        self._started = True
         self._monitor = threading.Thread(target=self._watch, name="polyq-prefork", daemon=True)
         self._monitor.start()
 
     def _spawn(self) -> _Child:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=_child_main,
-            args=(
-                self.app,
-                child_conn,
-                self.hostname,
-                os.getpid(),
-                self.max_tasks,
-                self.max_memory,
-            ),
-            name=f"ForkPoolWorker-{len(self._children) + 1}",
-            daemon=True,
-        )
+        common = (self.hostname, os.getpid(), self.max_tasks, self.max_memory)
+        name = f"ForkPoolWorker-{len(self._children) + 1}"
+        if self._started and self.app_path:
+            parent_conn, child_conn = self._spawn_ctx.Pipe(duplex=True)
+            process: BaseProcess = self._spawn_ctx.Process(
+                target=_spawned_child_main,
+                args=(self.app_path, self.settings, child_conn, *common),
+                name=name,
+                daemon=True,
+            )
+        else:
+            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+            process = self._ctx.Process(
+                target=_child_main, args=(self.app, child_conn, *common), name=name, daemon=True
+            )
         process.start()
         child_conn.close()
         return _Child(process, parent_conn)
@@ -476,8 +514,11 @@ class PreforkPool(Pool):
             )
         if not self._stopping:
             with self.lock:
-                if len(self._children) < self.concurrency:
+                replaced = len(self._children) < self.concurrency
+                if replaced:
                     self._children.append(self._spawn())
+            if replaced and self.on_capacity is not None:
+                self.on_capacity()
 
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
@@ -517,6 +558,8 @@ class PreforkPool(Pool):
             for _ in range(n):
                 self._children.append(self._spawn())
         self._wake()
+        if self.on_capacity is not None:
+            self.on_capacity()
 
     def shrink(self, n: int = 1) -> None:
         with self.lock:

@@ -412,12 +412,14 @@ def test_receive_is_woken_by_notify_on_postgres() -> None:
 
             timer = threading.Timer(0.2, publish)
             timer.start()
-            got = consumer.receive(["wake"], 1, 3.0)
-            latencies.append(time.monotonic() - published[0])
+            got = consumer.receive(["wake"], 1, 4.0)
+            woke = time.monotonic()
             timer.join()
-            assert got
+            assert got, "nothing received within 4 s: NOTIFY did not wake the receiver"
+            latencies.append(woke - published[0])
             consumer.ack(got)
-        assert max(latencies) < 0.1, f"receive woke {max(latencies):.3f}s after publish"
+        # The receiver polls only every 5 s: a wake-up well before that came from NOTIFY.
+        assert max(latencies) < 2.0, f"receive woke {max(latencies):.3f}s after publish"
     finally:
         consumer.drop_schema()
         consumer.close()

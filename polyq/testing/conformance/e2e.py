@@ -282,6 +282,7 @@ class CrashSuite(_Base):
         assert rerun["delivery_count"] == 2
         vt = self.visibility_timeout
         delay = rerun["start"] - killed_at
+        print(f"re-run started {delay:.2f}s after the kill (visibility timeout {vt}s)")
         if self.transport.capabilities.lease == "timeout":
             # The lease was last extended at most vt/3 before the kill.
             assert vt * 2 / 3 - 0.3 <= delay <= 2 * vt + 1.0, delay
