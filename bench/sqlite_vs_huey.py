@@ -100,8 +100,12 @@ def bench_polyq(workdir: str, n: int, k: int) -> dict[str, float]:
     count = os.path.join(workdir, "polyq.count")
     with open(os.path.join(workdir, "bq.py"), "w") as f:
         f.write(POLYQ_TASKS)
-    env = {**os.environ, "POLYQ_BROKER_URL": f"sqlite:///{db}",
-           "POLYQ_RESULT_BACKEND": f"sqlite:///{db}", "BENCH_COUNT_FILE": count}
+    env = {
+        **os.environ,
+        "POLYQ_BROKER_URL": f"sqlite:///{db}",
+        "POLYQ_RESULT_BACKEND": f"sqlite:///{db}",
+        "BENCH_COUNT_FILE": count,
+    }
     os.environ.update(env)
     sys.path.insert(0, workdir)
     import bq  # type: ignore[import-not-found]
@@ -115,7 +119,10 @@ def bench_polyq(workdir: str, n: int, k: int) -> dict[str, float]:
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "polyq", "-A", "bq", "worker", "-c", "2", "-l", "WARNING"],
-        cwd=workdir, env=env, start_new_session=True, stderr=subprocess.DEVNULL,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_count(count, n)
@@ -149,9 +156,21 @@ def bench_huey(workdir: str, n: int, k: int) -> dict[str, float]:
     enqueue = n / (time.perf_counter() - started)
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "huey.bin.huey_consumer", "hq.huey", "-w", "2", "-k", "process",
-         "-q"],
-        cwd=workdir, env=env, start_new_session=True, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "huey.bin.huey_consumer",
+            "hq.huey",
+            "-w",
+            "2",
+            "-k",
+            "process",
+            "-q",
+        ],
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_count(count, n)
@@ -180,15 +199,21 @@ def main() -> None:
         workdir = os.path.join(base, name.split()[0])
         os.makedirs(workdir)
         rows.append((name, fn(workdir, args.tasks, args.round_trips)))
-    print(f"\nN={args.tasks} tasks, {args.round_trips} round trips, 2 worker processes, "
-          f"files in {base}")
+    print(
+        f"\nN={args.tasks} tasks, {args.round_trips} round trips, 2 worker processes, "
+        f"files in {base}"
+    )
     print(f"{'system':20} {'enqueue/s':>10} {'drain/s':>10} {'RT p50 ms':>10} {'RT p99 ms':>10}")
     for name, r in rows:
-        print(f"{name:20} {r['enqueue']:>10,.0f} {r['drain']:>10,.0f} {r['p50']:>10.2f} "
-              f"{r['p99']:>10.2f}")
+        print(
+            f"{name:20} {r['enqueue']:>10,.0f} {r['drain']:>10,.0f} {r['p50']:>10.2f} "
+            f"{r['p99']:>10.2f}"
+        )
     (_, p), (_, h) = rows
-    print(f"ratio polyq/huey: enqueue {p['enqueue'] / h['enqueue']:.2f}x, "
-          f"drain {p['drain'] / h['drain']:.2f}x, RT p50 {h['p50'] / p['p50']:.2f}x faster")
+    print(
+        f"ratio polyq/huey: enqueue {p['enqueue'] / h['enqueue']:.2f}x, "
+        f"drain {p['drain'] / h['drain']:.2f}x, RT p50 {h['p50'] / p['p50']:.2f}x faster"
+    )
 
 
 if __name__ == "__main__":

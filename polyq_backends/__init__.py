@@ -1,1 +1,1 @@
-"""Result-store plugins for polyq: each module imports only the core public interface and its client."""
+"""Result-store plugins for polyq: each imports only the core public interface and its client."""

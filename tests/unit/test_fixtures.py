@@ -20,8 +20,12 @@ class TestEagerConfig:
 
     @pytest.fixture
     def polyq_config(self) -> dict[str, object]:
-        return {"broker_url": "memory://fixtures", "result_backend": "memory://fixtures",
-                "task_always_eager": True, "task_eager_propagates": True}
+        return {
+            "broker_url": "memory://fixtures",
+            "result_backend": "memory://fixtures",
+            "task_always_eager": True,
+            "task_eager_propagates": True,
+        }
 
     def test_polyq_config_can_be_overridden(self, polyq_app: Polyq) -> None:
         @polyq_app.task
