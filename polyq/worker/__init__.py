@@ -58,6 +58,11 @@ logger = logging.getLogger("polyq.worker")
 
 #: A message whose ETA is this close is run now rather than re-delayed.
 ETA_SLACK = 0.05
+#: Messages per process the worker may reserve while every recent task was tiny
+#: (see ``Pool.tasks_are_short``) and the prefetch multiplier was left at its default.
+SHORT_TASK_PREFETCH = 64
+#: How long acknowledgements may gather while tasks are running (seconds).
+ACK_GATHER = 0.002
 
 
 def expand_hostname(template: str | None) -> str:
@@ -115,7 +120,12 @@ class Worker:
             else (conf.worker_prefetch_multiplier)
         )
         self.prefetch_limit = max(self.concurrency, self.concurrency * int(multiplier))
-        self._receive_batch = max(1, self.prefetch_limit // 2)
+        # Celery's advice for tiny tasks is a large multiplier; unless one was chosen,
+        # the worker follows it by itself while its tasks stay tiny, and falls back to
+        # the multiplier (fair to long tasks and to other workers) as soon as one is not.
+        self.adaptive_prefetch = prefetch_multiplier is None and not conf.is_set(
+            "worker_prefetch_multiplier"
+        )
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.install_signal_handlers = install_signal_handlers
@@ -138,12 +148,14 @@ class Worker:
         # back, so an extension from a stale snapshot never re-leases a message that
         # was just given back (that would hide it for a whole visibility timeout).
         self._lease_lock = threading.Lock()
-        self._acks: queue.SimpleQueue[tuple[Result | None, Delivery | None]] = queue.SimpleQueue()
+        #: Finished jobs for the acker, a list at a time; ``None`` tells it to stop.
+        self._acks: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
         self._stop_consuming = threading.Event()
         #: Set once the pool and the worker's threads are running.
         self.ready = threading.Event()
         self._stopped = threading.Event()
         self._cold = False
+        self._consumer_waiting = False
         self._revoked: set[str] = set()
         self._buckets: dict[str, TokenBucket] = {}
         self._threads: list[threading.Thread] = []
@@ -154,6 +166,7 @@ class Worker:
         self.events = EventDispatcher(app, self.hostname, self.send_events)
         self.pool: Pool = self._make_pool()
         self.pool.on_capacity = self._dispatch
+        self.pool.on_return = self._return_jobs
 
     # -- configuration checks --------------------------------------------------
 
@@ -287,7 +300,7 @@ class Worker:
                 running = list(self._held)
             for key in running:
                 self._give_back(key)
-        self._acks.put((None, None))
+        self._acks.put(None)
         for thread in self._threads:
             if thread.name == "polyq-acker":
                 thread.join(timeout=10)
@@ -340,13 +353,20 @@ class Worker:
         while not self._stop_consuming.is_set():
             self.last_poll = time.monotonic()  # monitoring: liveness probe reads it
             with self._cond:
-                free = self.prefetch_limit - len(self._held)
+                # Jobs count from receipt until they finish (queued, rate-limited or
+                # running; acked early or not); a finished job waiting for its ack
+                # no longer holds a place.
+                limit = self.window()
+                inflight = len(self._pending) + len(self._delayed) + len(self.pool.running)
+                free = limit - inflight
                 # While the pool still has prefetched work queued, wait until half the
                 # window is free and take it in one round trip instead of one message
                 # per call; an idle pool is refilled at once.
-                full = free <= 0 or bool(self._pending and free < self._receive_batch)
+                full = free <= 0 or bool(self._pending and free < max(1, limit // 2))
                 if full:
+                    self._consumer_waiting = True
                     self._cond.wait(timeout=0.5)
+                    self._consumer_waiting = False
                 wait = self.receive_wait
                 if self._delayed:
                     wait = min(wait, max(0.01, self._delayed[0][0] - time.monotonic()))
@@ -375,6 +395,12 @@ class Worker:
                     continue
                 self._accept(delivery)
             self._dispatch()
+
+    def window(self) -> int:
+        """How many jobs the worker holds at most right now (queued or running)."""
+        if self.adaptive_prefetch and self.pool.tasks_are_short():
+            return max(self.prefetch_limit, self.concurrency * SHORT_TASK_PREFETCH)
+        return self.prefetch_limit
 
     def _accept(self, delivery: Delivery) -> None:
         """Check a new delivery on its headers and queue it, or settle it now."""
@@ -476,15 +502,24 @@ class Worker:
                 now = time.monotonic()
                 while self._delayed and self._delayed[0][0] <= now:
                     self._pending.append(heapq.heappop(self._delayed)[2])
-                jobs = []
-                free = self.pool.free_slots()
-                while free > 0 and self._pending:
-                    jobs.append(self._pending.popleft())
-                    free -= 1
-            for job in jobs:
-                self.pool.submit(job)
-                if self.events.enabled:
+                jobs = self.pool.take(self._pending) if self._pending else []
+            if not jobs:
+                return
+            self.pool.start_jobs(jobs)
+            if self.events.enabled:
+                for job in jobs:
                     self.events.send("task-started", uuid=job.task_id, name=job.task_name)
+
+    def _return_jobs(self, jobs: list[Job]) -> None:
+        """Jobs the pool accepted but never started: run them first, or give them back
+        to the broker when shutting down."""
+        if self._stop_consuming.is_set():
+            for job in jobs:
+                self._give_back(job.key)
+            return
+        with self._cond:
+            self._pending.extendleft(reversed(jobs))
+            self._cond.notify_all()
 
     def _redelay(self, delivery: Delivery, eta: float, now: float) -> None:
         # The ETA is beyond what the broker could hold: send it back for the rest
@@ -540,10 +575,15 @@ class Worker:
 
     # -- finishing -------------------------------------------------------------
 
-    def _on_done(self, result: Result) -> None:
-        self._acks.put((result, None))
-        with self._cond:
-            self._cond.notify_all()
+    def _on_done(self, results: list[Result]) -> None:
+        self._acks.put(results)
+        if self._consumer_waiting:
+            # Waking the consumer for each finished task would cost a thread switch
+            # per task; it takes messages in groups of half the window anyway.
+            limit = self.window()
+            with self._cond:
+                if len(self._pending) + len(self.pool.running) <= limit // 2:
+                    self._cond.notify_all()
         if not self._stop_consuming.is_set():
             self._dispatch()
 
@@ -558,6 +598,11 @@ class Worker:
     def _ack_batch(self) -> bool:
         """Settle every finished job waiting; return True once told to stop."""
         batch = [self._acks.get()]
+        if batch[0] is not None and self.pool.running:
+            # Tasks are still running: their results follow within moments, and one
+            # round trip can acknowledge them all. An ack waits at most this long,
+            # and a lone task (nothing else running) is acknowledged at once.
+            time.sleep(ACK_GATHER)
         while True:
             try:
                 batch.append(self._acks.get_nowait())
@@ -566,15 +611,12 @@ class Worker:
         with self._lease_lock:
             return self._settle_batch(batch)
 
-    def _settle_batch(self, batch: list[tuple[Result | None, Delivery | None]]) -> bool:
+    def _settle_batch(self, batch: list[list[Result] | None]) -> bool:
         to_ack: list[Delivery] = []
-        finished = False
-        for result, _ in batch:
-            if result is None:
-                finished = True
-                continue
-            with self._cond:
-                delivery = self._held.pop(result.key, None)
+        results = list(itertools.chain.from_iterable(r or () for r in batch))
+        with self._cond:
+            deliveries = [self._held.pop(result.key, None) for result in results]
+        for result, delivery in zip(results, deliveries, strict=True):
             self.processed += 1
             if self.events.enabled:
                 self._task_event(result)
@@ -591,10 +633,9 @@ class Worker:
                 self._call(self.transport.nack, delivery, result.delay)
             else:
                 self._dead_letter(delivery, result.reason)
+        finished = any(r is None for r in batch)
         if to_ack:
             self._call(self.transport.ack, to_ack)
-        with self._cond:
-            self._cond.notify_all()
         return finished
 
     def _task_event(self, result: Result) -> None:

@@ -1,8 +1,9 @@
 """Execution pools: prefork (default), threads, solo and asyncio.
 
-A pool runs :class:`Job` objects and reports each one's :class:`Result` to the
-worker through ``on_done``, from whatever thread it likes. The worker never
-submits more jobs than ``free_slots()``. Each pool declares what it cannot do
+A pool runs :class:`Job` objects and reports their :class:`Result` objects to
+the worker through ``on_done`` (a list at a time, from whatever thread it likes).
+The worker hands it queued jobs through ``take``/``start_jobs`` and the pool takes
+only what it can run. Each pool declares what it cannot do
 (hard time limits, soft time limits, terminating a running task), and the
 worker refuses a configuration that asks for it instead of ignoring it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import inspect
@@ -110,7 +112,11 @@ def run_job(app: Polyq, job: Job, hostname: str, run: Any = None) -> Result:
     )
 
 
-OnDone = Callable[[Result], None]
+OnDone = Callable[[list[Result]], None]
+
+#: A task that runs at most this long (seconds) counts as tiny: the prefork pool may
+#: queue several in one child, and the worker may prefetch more of them.
+SHORT_TASK = 0.0005
 
 
 class Pool(abc.ABC):
@@ -136,6 +142,12 @@ class Pool(abc.ABC):
         #: Called when the pool gains capacity without a job finishing (a child
         #: replaced, the pool grown), so work waiting for a slot is started.
         self.on_capacity: Callable[[], None] | None = None
+        #: Called with jobs the pool accepted but never started (their process
+        #: went away first), so the worker queues them again.
+        self.on_return: Callable[[list[Job]], None] | None = None
+        #: Moving average of the run time of the latest tasks, and how many counted.
+        self.average_runtime = 0.0
+        self.finished = 0
 
     def start(self) -> None:
         """Start the pool's threads or processes."""
@@ -148,6 +160,22 @@ class Pool(abc.ABC):
         """How many more jobs can start now."""
         with self.lock:
             return max(0, self.concurrency - len(self.running))
+
+    def take(self, pending: collections.deque[Job]) -> list[Job]:
+        """Remove from the front of ``pending`` the jobs this pool accepts now, in
+        order, and reserve room for them; :meth:`start_jobs` then starts them.
+        The worker calls the two under one lock, so reservations never race."""
+        jobs: list[Job] = []
+        free = self.free_slots()
+        while free > 0 and pending:
+            jobs.append(pending.popleft())
+            free -= 1
+        return jobs
+
+    def start_jobs(self, jobs: list[Job]) -> None:
+        """Start the jobs :meth:`take` accepted."""
+        for job in jobs:
+            self.submit(job)
 
     def run_forever(self, stop: threading.Event) -> None:
         """Called in the worker's main thread until ``stop``; solo runs jobs here."""
@@ -168,9 +196,24 @@ class Pool(abc.ABC):
             self.concurrency = max(1, self.concurrency - n)
 
     def _finish(self, result: Result) -> None:
+        self._finish_many([result])
+
+    def _finish_many(self, results: list[Result]) -> None:
         with self.lock:
-            self.running.pop(result.key, None)
-        self.on_done(result)
+            for result in results:
+                self.running.pop(result.key, None)
+                # An average, not a streak: one hiccup of a tiny task (a GC pause, a
+                # busy machine) must not count as a slow task, while a single 50 ms
+                # task lifts it over the line at once.
+                self.average_runtime = 0.8 * self.average_runtime + 0.2 * result.runtime
+                self.finished += 1
+        self.on_done(results)
+
+    def tasks_are_short(self) -> bool:
+        """Whether the latest tasks ran in under :data:`SHORT_TASK` seconds on average
+        (and enough of them finished to tell), so holding many more of them queued
+        delays nothing noticeably."""
+        return self.finished >= 4 * self.concurrency and self.average_runtime <= SHORT_TASK
 
     @abc.abstractmethod
     def stop(self, wait: bool) -> None:
@@ -283,14 +326,40 @@ class AsyncioPool(Pool):
 # -- prefork ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+#: A child is given several jobs at once only while their expected run times add up
+#: to no more than this: tiny tasks then cost one pipe message per batch instead of
+#: per task, and a job queued behind others in a child waits at most about this long
+#: (a longer task, or one never seen yet, goes only to an idle child, as with -O fair).
+BATCH_BUDGET = 0.002
+#: The most jobs one child holds at a time.
+BATCH_MAX = 32
+#: How long the pool lets results gather while children are busy.
+RESULT_GATHER = 0.0005
+
+
+@dataclasses.dataclass(eq=False)
 class _Child:
     process: BaseProcess
     conn: Connection
-    job: Job | None = None
+    #: Jobs sent and not yet reported, in the order the child runs them: the first
+    #: is the one running.
+    jobs: dict[int, Job] = dataclasses.field(default_factory=dict)
+    #: Accepted by ``take`` and not yet sent.
+    unsent: list[Job] = dataclasses.field(default_factory=list)
+    #: Expected seconds of work in ``jobs``; ``None`` while it holds an unbatchable job.
+    queued: float | None = 0.0
+    #: Jobs ever given to it (``max_tasks_per_child`` counts these).
+    assigned: int = 0
     #: Why the parent killed it, if it did ("time_limit", "terminated").
     killed_for: str | None = None
+    #: It said it will exit after its last result (or was told to): whatever it
+    #: still holds was never started.
     retiring: bool = False
+
+    @property
+    def job(self) -> Job | None:
+        """The job it is running, if any."""
+        return next(iter(self.jobs.values()), None)
 
 
 def _child_main(
@@ -311,20 +380,23 @@ def _child_main(
     try:
         while True:
             try:
-                job = conn.recv()
+                batch = conn.recv()
             except (EOFError, OSError):
                 return
-            if job is None:
+            if batch is None:
                 return
-            result = run_job(app, job, hostname)
-            done += 1
-            retire = (max_tasks is not None and done >= max_tasks) or (
-                max_memory_kib is not None
-                and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_memory_kib
-            )
-            conn.send((result, retire))
-            if retire:
-                return
+            for job in batch:
+                result = run_job(app, job, hostname)
+                done += 1
+                retire = (max_tasks is not None and done >= max_tasks) or (
+                    max_memory_kib is not None
+                    and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > max_memory_kib
+                )
+                # One message per result (not per batch): a result is never lost with
+                # the child, so a job that ran is never mistaken for one that did not.
+                conn.send((result, retire))
+                if retire:
+                    return  # the parent queues the rest of the batch again
     finally:
         signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
 
@@ -359,6 +431,11 @@ def _watch_parent(parent: int) -> None:
 class PreforkPool(Pool):
     """Runs each task in one of N child processes (CPU-bound work; hard time
     limits and terminate, by killing and replacing the child).
+
+    A job goes to an idle child. Only jobs of a task seen to run in well under
+    :data:`BATCH_BUDGET` (and without a hard time limit) may also queue in a busy
+    child, several per pipe message: that is what lets a no-op task run at
+    thousands per second, and it never makes a slow task wait behind another.
 
     The first children are forked before the worker starts its threads. A child
     that replaces another (after a crash, a kill or recycling) is forked while
@@ -396,6 +473,8 @@ class PreforkPool(Pool):
         self._children: list[_Child] = []
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
+        #: Moving average of each task's run time, which decides what may batch.
+        self._runtime: dict[str, float] = {}
 
     def start(self) -> None:
         for _ in range(self.concurrency):
@@ -424,18 +503,80 @@ class PreforkPool(Pool):
         child_conn.close()
         return _Child(process, parent_conn)
 
-    def submit(self, job: Job) -> None:
-        with self.lock:
-            child = next(c for c in self._children if c.job is None and not c.retiring)
-            job.started = time.monotonic()
-            child.job = job
-            self.running[job.key] = job
-        try:
-            child.conn.send(job)
-        except OSError:
-            pass  # the child died; the monitor reports the job as worker_lost
+    def _expected(self, job: Job) -> float | None:
+        """Seconds ``job`` is expected to run if it may share a child, else ``None``."""
         if job.time_limit:
+            return None  # its deadline counts from when it is sent: it must start at once
+        expected = self._runtime.get(job.task_name)
+        if expected is None or expected > SHORT_TASK:
+            return None
+        return expected
+
+    def _place(self, job: Job) -> _Child | None:
+        expected = self._expected(job)
+        busy = sum(1 for c in self._children if c.jobs or c.unsent)
+        best: _Child | None = None
+        for c in self._children:
+            if c.retiring or (self.max_tasks is not None and c.assigned >= self.max_tasks):
+                continue
+            held = len(c.jobs) + len(c.unsent)
+            if held == 0:
+                if busy >= self.concurrency:
+                    continue  # shrunk: a child beyond the concurrency stays idle
+            elif (
+                expected is None
+                or c.queued is None
+                or held >= BATCH_MAX
+                or c.queued + expected > BATCH_BUDGET
+            ):
+                continue  # a busy child takes only tiny jobs, and only a few ms of them
+            if best is None or held < len(best.jobs) + len(best.unsent):
+                best = c
+        return best
+
+    def take(self, pending: collections.deque[Job]) -> list[Job]:
+        taken: list[Job] = []
+        with self.lock:
+            while pending:
+                job = pending[0]
+                child = self._place(job)
+                if child is None:
+                    break  # no skipping ahead: the queue's order (priority) holds
+                pending.popleft()
+                expected = self._expected(job)
+                if expected is None or child.queued is None:
+                    child.queued = None
+                else:
+                    child.queued += expected
+                child.unsent.append(job)
+                child.assigned += 1
+                self.running[job.key] = job
+                taken.append(job)
+        return taken
+
+    def start_jobs(self, jobs: list[Job]) -> None:
+        sends: list[tuple[_Child, list[Job]]] = []
+        now = time.monotonic()
+        limited = False
+        with self.lock:
+            for c in self._children:
+                if c.unsent:
+                    batch, c.unsent = c.unsent, []
+                    for job in batch:
+                        job.started = now
+                        c.jobs[job.key] = job
+                        limited = limited or bool(job.time_limit)
+                    sends.append((c, batch))
+        for c, batch in sends:
+            try:
+                c.conn.send(batch)
+            except OSError:
+                pass  # the child died; the monitor reports its jobs
+        if limited:
             self._wake()  # the monitor must shorten its wait to this job's deadline
+
+    def submit(self, job: Job) -> None:
+        self.start_jobs(self.take(collections.deque([job])))
 
     def _wake(self) -> None:
         os.write(self._wake_w, b"x")
@@ -444,7 +585,7 @@ class PreforkPool(Pool):
         # No liveness check here (it costs a waitpid per child): a dead child is
         # reaped by the monitor, and a job sent to it is reported as worker_lost.
         with self.lock:
-            idle = sum(1 for c in self._children if c.job is None and not c.retiring)
+            idle = sum(1 for c in self._children if not c.jobs and not c.unsent and not c.retiring)
             return max(0, min(idle, self.concurrency - len(self.running)))
 
     def _watch(self) -> None:
@@ -459,9 +600,19 @@ class PreforkPool(Pool):
             ready = multiprocessing.connection.wait(waitables, timeout=self._next_deadline())
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
+            results: list[Result] = []
             for c in children:
                 if c.conn in ready:
-                    self._read(c)
+                    results.extend(self._read(c))
+            if results:
+                # All results read in this pass go to the worker together: one
+                # hand-off (and one group of acks) for many tasks.
+                self._finish_many(results)
+                if self.running:
+                    # Busy: let a few more results gather before the next pass, so
+                    # tiny tasks are handled in groups, not with a wake-up each. An
+                    # idle pool passes at once (no added latency for a lone task).
+                    time.sleep(RESULT_GATHER)
             for c in children:
                 if c.process.sentinel in ready:
                     self._reap(c)
@@ -474,29 +625,54 @@ class PreforkPool(Pool):
         soonest = 1.0
         with self.lock:
             for c in self._children:
-                if c.job is not None and c.job.time_limit:
-                    soonest = min(soonest, max(0.0, c.job.started + c.job.time_limit - now))
+                job = c.job
+                if job is not None and job.time_limit:
+                    soonest = min(soonest, max(0.0, job.started + job.time_limit - now))
         return soonest
 
-    def _read(self, c: _Child) -> None:
+    def _read(self, c: _Child) -> list[Result]:
+        """Every result the child has written so far."""
+        results: list[Result] = []
         try:
-            result, retire = c.conn.recv()
+            while True:
+                result, retire = c.conn.recv()
+                results.append(result)
+                c.retiring = c.retiring or retire
+                if not c.conn.poll():
+                    break
         except (EOFError, OSError):
-            return  # died; _reap reports it
+            pass  # died; _reap reports what it held
         with self.lock:
-            c.job = None
-            c.retiring = c.retiring or retire
-        self._finish(result)
+            for result in results:
+                job = c.jobs.pop(result.key, None)
+                if job is not None:
+                    average = self._runtime.get(job.task_name, result.runtime)
+                    self._runtime[job.task_name] = 0.8 * average + 0.2 * result.runtime
+            if not c.jobs:
+                c.queued = 0.0
+            elif c.queued is not None:
+                c.queued = sum(self._runtime.get(j.task_name, 0.0) for j in c.jobs.values())
+        return results
 
     def _reap(self, c: _Child) -> None:
         with self.lock:
             if c not in self._children:
                 return
+        # Results it wrote before it exited still count.
+        if c.conn.poll():
+            results = self._read(c)
+            if results:
+                self._finish_many(results)
+        with self.lock:
             self._children.remove(c)
-            job, c.job = c.job, None
+            held = list(c.jobs.values()) + c.unsent
+            c.jobs, c.unsent = {}, []
         c.process.join(timeout=0)
         c.conn.close()
-        if job is not None:
+        if held and not c.retiring:
+            # It runs its jobs in order and reports each: the first unreported one is
+            # the one that was running when it died; the others never started.
+            job, held = held[0], held[1:]
             action = c.killed_for or "worker_lost"
             code = c.process.exitcode
             reason = {
@@ -512,6 +688,12 @@ class PreforkPool(Pool):
                     runtime=time.monotonic() - job.started,
                 )
             )
+        if held:
+            with self.lock:
+                for job in held:
+                    self.running.pop(job.key, None)
+            if self.on_return is not None:
+                self.on_return(held)
         if not self._stopping:
             with self.lock:
                 replaced = len(self._children) < self.concurrency
@@ -522,22 +704,23 @@ class PreforkPool(Pool):
 
     def _enforce_time_limits(self) -> None:
         now = time.monotonic()
+        late: list[tuple[_Child, Job]] = []
         with self.lock:
-            late = [
-                c
-                for c in self._children
-                if c.job is not None
-                and c.job.time_limit
-                and now - c.job.started > c.job.time_limit
-                and c.killed_for is None
-            ]
-        for c in late:
-            assert c.job is not None
+            for c in self._children:
+                job = c.job
+                if (
+                    job is not None
+                    and job.time_limit
+                    and now - job.started > job.time_limit
+                    and c.killed_for is None
+                ):
+                    late.append((c, job))
+        for c, job in late:
             logger.error(
                 "Hard time limit (%ss) exceeded for %s[%s]: killing pid %s",
-                c.job.time_limit,
-                c.job.task_name,
-                c.job.task_id,
+                job.time_limit,
+                job.task_name,
+                job.task_id,
                 c.process.pid,
             )
             c.killed_for = "time_limit"
@@ -565,8 +748,8 @@ class PreforkPool(Pool):
         with self.lock:
             n = min(n, self.concurrency - 1)
             self.concurrency -= n
-            idle = [c for c in self._children if c.job is None and not c.retiring][:n]
-            for c in idle:
+            idle = [c for c in self._children if not c.jobs and not c.unsent and not c.retiring]
+            for c in idle[:n]:
                 c.retiring = True
                 c.conn.send(None)
 
@@ -575,7 +758,7 @@ class PreforkPool(Pool):
         if wait:
             while True:
                 with self.lock:
-                    busy = any(c.job is not None and c.process.is_alive() for c in self._children)
+                    busy = any(c.jobs and c.process.is_alive() for c in self._children)
                 if not busy:
                     break
                 time.sleep(0.02)
