@@ -236,6 +236,8 @@ _RECONNECT_MAX = 2.0
 #: A gathered run of frames goes to the socket in writes of about this size: big
 #: enough to cost few syscalls, small enough that a partial send re-slices little.
 _WRITE_CHUNK = 256 * 1024
+#: Messages of a batch marshalled per turn of the I/O loop.
+_PUBLISH_SLICE = 100
 
 
 def _level_exchange(level: int) -> str:
@@ -386,14 +388,18 @@ class _Batch:
             self.errors.append(error)
         self.remaining -= 1
         if self.remaining <= 0 and not self.future.done():
-            if self.errors:
-                self.future.set_exception(BrokerError("; ".join(sorted(set(self.errors)))))
-            else:
-                self.future.set_result(None)
+            # The caller's thread may cancel a concurrent future in between (it gave
+            # up waiting); that race is harmless.
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if self.errors:
+                    self.future.set_exception(BrokerError("; ".join(sorted(set(self.errors)))))
+                else:
+                    self.future.set_result(None)
 
     def fail(self, error: str) -> None:
         if not self.future.done():
-            self.future.set_exception(BrokerError(error))
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self.future.set_exception(BrokerError(error))
 
 
 class _TempChannel:
@@ -989,25 +995,37 @@ class RabbitMQTransport(Transport):
             task = self._loop.create_task(self._send(items))
             task.add_done_callback(functools.partial(_chain, future))
             return
-        batch = _Batch(future, len(items))
-        try:
-            self._emit(channel, items, batch)
-        except Exception as exc:  # nobody else would see it: this runs as a loop callback
-            batch.fail(f"publishing to RabbitMQ at {self._where()} failed: {exc!r}")
+        self._emit(channel, items, _Batch(future, len(items)))
 
     def _emit(
-        self,
-        channel: Channel,
-        items: Sequence[_Item],
-        batch: _Batch,
+        self, channel: Channel, items: Sequence[_Item], batch: _Batch, start: int = 0
     ) -> None:
-        """Publish ``items`` on ``channel``, each counted toward ``batch``'s confirms."""
+        """Publish ``items[start:]`` on ``channel``, each counted toward ``batch``'s
+        confirms; a failure fails ``batch`` (this runs as a loop callback, where an
+        exception would reach nobody)."""
+        if batch.future.done():  # failed (channel lost, nack) or given up: send no more
+            return
+        if not channel.is_open:
+            batch.fail(
+                f"RabbitMQ at {self._where()} closed the publishing channel before the "
+                "message was sent"
+            )
+            return
+        # A slice at a time, letting the loop write each one before marshalling the
+        # next: the broker stores the first messages while the rest are encoded.
+        end = start + _PUBLISH_SLICE
         unconfirmed = self._unconfirmed
-        with self._gather():
-            for exchange, routing_key, body, props, mandatory in items:
-                channel.basic_publish(exchange, routing_key, body, props, mandatory)
-                self._pub_tag += 1
-                unconfirmed[self._pub_tag] = (batch, props.message_id or "")
+        try:
+            with self._gather():
+                for exchange, routing_key, body, props, mandatory in items[start:end]:
+                    channel.basic_publish(exchange, routing_key, body, props, mandatory)
+                    self._pub_tag += 1
+                    unconfirmed[self._pub_tag] = (batch, props.message_id or "")
+        except Exception as exc:
+            batch.fail(f"publishing to RabbitMQ at {self._where()} failed: {exc!r}")
+            return
+        if end < len(items):
+            self._loop.call_soon(self._emit, channel, items, batch, end)
 
     def _gather(self) -> contextlib.AbstractContextManager[None]:
         """Frames emitted inside go to the socket in few writes (see :class:`_Connection`)."""
@@ -1055,6 +1073,7 @@ class RabbitMQTransport(Transport):
         try:
             future.result(self.confirm_timeout + 1.0)
         except concurrent.futures.TimeoutError:
+            future.cancel()  # what is not sent yet stays unsent
             raise BrokerError(
                 f"RabbitMQ at {redact(self.url)} did not confirm {len(items)} message(s) within "
                 f"{self.confirm_timeout:.0f} s (a memory or disk alarm?); they may or may not "
