@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import resource
 import signal
@@ -362,6 +363,27 @@ class _Child:
         return next(iter(self.jobs.values()), None)
 
 
+# Jobs and results cross the pipe as plain tuples pickled with the fastest protocol:
+# a dataclass (and multiprocessing's own pickler) costs several times more per task.
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _fields(job: Job) -> tuple[Any, ...]:
+    return (
+        job.key,
+        job.task_name,
+        job.task_id,
+        job.queue,
+        job.message_id,
+        job.body,
+        job.headers,
+        job.delivery_count,
+        job.priority,
+        job.time_limit,
+        job.started,
+    )
+
+
 def _child_main(
     app: Polyq,
     conn: Connection,
@@ -380,12 +402,13 @@ def _child_main(
     try:
         while True:
             try:
-                batch = conn.recv()
+                batch = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 return
             if batch is None:
                 return
-            for job in batch:
+            for fields in batch:
+                job = Job(*fields)
                 result = run_job(app, job, hostname)
                 done += 1
                 retire = (max_tasks is not None and done >= max_tasks) or (
@@ -394,7 +417,17 @@ def _child_main(
                 )
                 # One message per result (not per batch): a result is never lost with
                 # the child, so a job that ran is never mistaken for one that did not.
-                conn.send((result, retire))
+                report = (
+                    result.key,
+                    result.action,
+                    result.task_id,
+                    result.state,
+                    result.delay,
+                    result.reason,
+                    result.runtime,
+                    retire,
+                )
+                conn.send_bytes(pickle.dumps(report, _PROTOCOL))
                 if retire:
                     return  # the parent queues the rest of the batch again
     finally:
@@ -569,7 +602,7 @@ class PreforkPool(Pool):
                     sends.append((c, batch))
         for c, batch in sends:
             try:
-                c.conn.send(batch)
+                c.conn.send_bytes(pickle.dumps([_fields(job) for job in batch], _PROTOCOL))
             except OSError:
                 pass  # the child died; the monitor reports its jobs
         if limited:
@@ -635,8 +668,8 @@ class PreforkPool(Pool):
         results: list[Result] = []
         try:
             while True:
-                result, retire = c.conn.recv()
-                results.append(result)
+                *fields, retire = pickle.loads(c.conn.recv_bytes())
+                results.append(Result(*fields))
                 c.retiring = c.retiring or retire
                 if not c.conn.poll():
                     break
