@@ -321,6 +321,8 @@ def _roundtrip(conn: Connection, command: tuple[Any, ...]) -> Any:
 # -- message payload ----------------------------------------------------------------------
 
 _LEN = struct.Struct(">I")
+# Built once: json.dumps() with options builds a new encoder on every call.
+_META_ENCODER = json.JSONEncoder(separators=(",", ":"))
 _VERSION = b"\x01"
 
 
@@ -329,7 +331,10 @@ def _pack(message: OutgoingMessage) -> bytes:
 
     Raises :class:`MessageTooLarge` before building anything too big to store.
     """
-    meta = json.dumps([message.message_id, dict(message.headers)], separators=(",", ":"))
+    headers = message.headers
+    meta = _META_ENCODER.encode(
+        [message.message_id, headers if type(headers) is dict else dict(headers)]
+    )
     encoded = meta.encode()
     size = 5 + len(encoded) + len(message.body)
     if size > MAX_MESSAGE_SIZE:
@@ -702,6 +707,7 @@ class RedisTransport(Transport):
         self._rotation = itertools.count()
         self._checked_server = False
         self._keys: dict[str, _QueueKeys] = {}
+        self._now_keys: dict[str, list[str]] = {}
         self._listed: set[str] = set()
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         # Publishing runs EVALSHA on connections of our own (see _evalsha) unless a
@@ -747,11 +753,14 @@ class RedisTransport(Transport):
                     return
                 queue = message.queue
                 args = [queue, 0, min(9, max(0, int(message.priority))), _pack(message)]
+                keys = self._now_keys.get(queue)
+                if keys is None:
+                    k = self._k(queue)
+                    keys = [k.ready, k.msg, k.seq, k.notify, self._queues_key]
+                    self._now_keys[queue] = keys
                 if queue not in self._listed:
                     self._listed.add(queue)
                     args[1] = 1
-                k = self._k(queue)
-                keys = [k.ready, k.msg, k.seq, k.notify, self._queues_key]
                 self._evalsha(self._publish_now, keys, args)
             return
         by_queue: dict[str, list[Any]] = {}
