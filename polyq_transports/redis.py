@@ -310,11 +310,23 @@ class translate_errors:
         raise BrokerError(f"Redis at {where} failed to {what}: {detail}") from exc
 
 
+# Packed by hiredis straight away when it is installed (the redis extra brings it):
+# redis-py's packer looks at every argument in Python first. A request is an array of
+# bulk strings under RESP2 and RESP3 alike.
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - redis-py then packs
+    _pack_command = None
+
+
 def _roundtrip(conn: Connection, command: tuple[Any, ...]) -> Any:
     # connect() first, as the pool does: a Sentinel connection finds the master there
     # (sending on an unconnected one would dial the default localhost:6379).
     conn.connect()
-    conn.send_command(*command)
+    if _pack_command is None:
+        conn.send_command(*command)
+    else:
+        conn.send_packed_command([_pack_command(command)])
     return conn.read_response()
 
 

@@ -397,6 +397,14 @@ def test_single_publish_is_one_command_and_survives_lost_connections(private_red
         admin.close()
 
 
+def test_single_publish_without_hiredis(make, monkeypatch) -> None:
+    monkeypatch.setattr(redis_transport, "_pack_command", None)  # redis-py packs
+    t = make()
+    t.publish([_msg("plain", 1, headers={"ü": "☃"})])
+    (d,) = t.receive(["plain"], 1, 1)
+    assert (d.message_id, d.body, d.headers) == ("id-1", b"body-1", {"ü": "☃"})
+
+
 def test_single_publish_through_the_pool_under_max_connections(make) -> None:
     t = make(max_connections=2)
     for i in range(5):
