@@ -18,7 +18,7 @@ from polyq import signals
 from polyq.backend import ResultBackend
 from polyq.config import Settings, default_sqlite_url
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.message import TaskMessage, encode
+from polyq.message import TaskMessage, encode, new_id, new_ids
 from polyq.registry import create_backend, create_transport
 from polyq.result import AsyncResult
 from polyq.result import AsyncResult as _Result
@@ -381,22 +381,26 @@ class Polyq:
         if parent is not None and parent.id and not parent.is_eager:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
-        from polyq.message import new_id
-
-        task_id = task_id or new_id()
+        if task_id:
+            message_id = new_id()
+        else:
+            task_id, message_id = new_ids()
         if parent is not None and parent.id:
             parent.children.append(task_id)
-        canvas_options = dict(options or {})
-        if link is not None:
-            canvas_options["link"] = _as_list(link)
-        if link_error is not None:
-            canvas_options["link_error"] = _as_list(link_error)
+        canvas_options: dict[str, Any] = {}
+        if options or link is not None or link_error is not None:
+            canvas_options = dict(options or {})
+            if link is not None:
+                canvas_options["link"] = _as_list(link)
+            if link_error is not None:
+                canvas_options["link_error"] = _as_list(link_error)
+            canvas_options = _jsonable_options(canvas_options)
         message = TaskMessage(
             task=name,
             id=task_id,
-            args=list(args or ()),
-            kwargs=dict(kwargs or {}),
-            expires=self._to_timestamp(expires, relative=True),
+            args=list(args) if args else [],
+            kwargs=dict(kwargs) if kwargs else {},
+            expires=None if expires is None else self._to_timestamp(expires, relative=True),
             root_id=root_id or task_id,
             parent_id=parent_id,
             group_id=group_id,
@@ -405,10 +409,11 @@ class Polyq:
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
             ignore_result=ignore_result,
-            options=_jsonable_options(canvas_options),
-            headers=dict(headers or {}),
+            options=canvas_options,
+            headers=dict(headers) if headers else {},
             queue=queue or self.conf.task_default_queue,
             priority=priority,
+            message_id=message_id,
         )
         self.publish(
             message,
@@ -437,20 +442,27 @@ class Polyq:
         retry_policy: dict[str, Any] | None = None,
     ) -> None:
         """Encode and publish one task message (ETA set from ``countdown``/``eta``)."""
-        now = time.time()
-        when = self._to_timestamp(eta, relative=False) if eta is not None else None
-        if countdown is not None:
-            when = now + float(countdown)
-        message.eta = when if when is not None and when > now else None
-        serializer = serializer or (task_type.serializer if task_type else None)
-        compression = compression or (task_type.compression if task_type else None)
+        delay = 0.0
+        if eta is None and countdown is None:
+            message.eta = None
+        else:
+            now = time.time()
+            when = self._to_timestamp(eta, relative=False) if eta is not None else None
+            if countdown is not None:
+                when = now + float(countdown)
+            message.eta = when if when is not None and when > now else None
+            delay = self.native_delay(message.eta, now)
+        conf = self.conf
+        if task_type is not None:
+            serializer = serializer or task_type.serializer
+            compression = compression or task_type.compression
         out = encode(
             message,
-            serializer or self.conf.task_serializer,
-            compression or self.conf.task_compression,
-            delay=self.native_delay(message.eta, now),
+            serializer or conf.task_serializer,
+            compression or conf.task_compression,
+            delay=delay,
         )
-        if self.conf.task_send_sent_event and not self._sent_events_enabled:
+        if conf.task_send_sent_event and not self._sent_events_enabled:
             from polyq.events import enable_sent_events
 
             self._sent_events_enabled = True
@@ -496,31 +508,50 @@ class Polyq:
                 )
             kwargs["connection"] = connection
             retry = False  # the caller's transaction decides; a retry could duplicate it
+        try:
+            transport.publish(messages, **kwargs)
+        except BrokerError as exc:
+            self._publish_again(transport, messages, kwargs, exc, retry, retry_policy)
+
+    def _publish_again(
+        self,
+        transport: Transport,
+        messages: Sequence[OutgoingMessage],
+        kwargs: dict[str, Any],
+        exc: BrokerError,
+        retry: bool | None,
+        retry_policy: dict[str, Any] | None,
+    ) -> None:
+        # publish_raw after a failed first attempt: the policy is read only now, so
+        # a publish that succeeds at once pays nothing for it.
         if retry is None:
             retry = self.conf.task_publish_retry
         policy = {**self.conf.task_publish_retry_policy, **(retry_policy or {})}
         attempts = int(policy.get("max_retries", 3)) if retry else 0
         pause = float(policy.get("interval_start", 0.0))
-        for attempt in range(attempts + 1):
+        attempt = 0
+        while True:
+            if attempt >= attempts or type(exc).__name__ == "MessageTooLarge":
+                raise exc
+            logger.warning(
+                "publish to %s failed (%s); retry %d/%d in %.1fs",
+                redact(transport.describe()),
+                redact(str(exc)),
+                attempt + 1,
+                attempts,
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(
+                pause + float(policy.get("interval_step", 0.2)),
+                float(policy.get("interval_max", 1.0)),
+            )
+            attempt += 1
             try:
                 transport.publish(messages, **kwargs)
                 return
-            except BrokerError as exc:
-                if attempt >= attempts or type(exc).__name__ == "MessageTooLarge":
-                    raise
-                logger.warning(
-                    "publish to %s failed (%s); retry %d/%d in %.1fs",
-                    redact(transport.describe()),
-                    redact(str(exc)),
-                    attempt + 1,
-                    attempts,
-                    pause,
-                )
-                time.sleep(pause)
-                pause = min(
-                    pause + float(policy.get("interval_step", 0.2)),
-                    float(policy.get("interval_max", 1.0)),
-                )
+            except BrokerError as again:
+                exc = again
 
     def _route(self, name: str, args: Any, kwargs: Any, task: Task | None) -> dict[str, Any]:
         routes = self.conf.task_routes

@@ -159,10 +159,12 @@ class Settings(MutableMapping[str, Any]):
             )
         self._explicit[key] = value
         self._cache.pop(key, None)
+        self.__dict__.pop(key, None)
 
     def __delitem__(self, key: str) -> None:
         del self._explicit[key]
         self._cache.pop(key, None)
+        self.__dict__.pop(key, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(DEFAULTS)
@@ -174,9 +176,13 @@ class Settings(MutableMapping[str, Any]):
         if key.startswith("_"):
             raise AttributeError(key)
         try:
-            return self[key]
+            value = self[key]
         except KeyError:
             raise AttributeError(f"no setting {key!r}") from None
+        # Kept as an instance attribute (dropped again by a write), so the next
+        # ``conf.<key>`` is a plain lookup: settings are read several times per task sent.
+        self.__dict__[key] = value
+        return value
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key.startswith("_"):

@@ -104,10 +104,12 @@ class AsyncResult:
         task_name: str | None = None,
         parent: AsyncResult | None = None,
     ) -> None:
-        from polyq.app import default_app
+        if app is None:
+            from polyq.app import default_app
 
+            app = default_app()
         self.id = id
-        self.app = app or default_app()
+        self.app = app
         self.task_name = task_name
         self.parent = parent
         self._cache: dict[str, Any] | None = None

@@ -45,8 +45,12 @@ def _json_default(value: Any) -> Any:
     )
 
 
+# Built once: json.dumps() with options builds a new encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+
+
 def _json_dumps(value: Any) -> bytes:
-    return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
+    return _JSON_ENCODER.encode(value).encode()
 
 
 def _msgpack_dumps(value: Any) -> bytes:

@@ -368,6 +368,70 @@ def test_batches_take_one_round_trip(private_redis) -> None:
         admin.close()
 
 
+def test_single_publish_is_one_command_and_survives_lost_connections(private_redis) -> None:
+    server = private_redis()
+    t = RedisTransport(server.url, namespace="one", visibility_timeout=5)
+    admin = redis.Redis(port=server.port)
+    try:
+        t.publish([_msg("one", 0)])  # loads the script
+        admin.config_resetstat()
+        for i in range(1, 4):
+            t.publish([_msg("one", i, priority=i % 2)])
+        stats = admin.info("commandstats")
+        inside_the_script = {"incr", "hset", "zadd", "llen", "rpush"}
+        sent = {k[8:] for k in stats if k.startswith("cmdstat_")} - inside_the_script
+        assert sent == {"evalsha", "config|resetstat"}  # no PING, SCRIPT, SADD...
+        assert stats["cmdstat_evalsha"]["calls"] == 3
+        admin.client_kill_filter(_type="normal", skipme=True)  # e.g. a server timeout
+        t.publish([_msg("one", 4)])
+        admin.script_flush()  # as a restart without persistence would
+        t.publish([_msg("one", 5)])
+        t.publish([_msg("one", "later", delay=0.2)])
+        got = t.receive(["one"], 10, 1)
+        assert [d.message_id for d in got] == ["id-1", "id-3", "id-0", "id-2", "id-4", "id-5"]
+        time.sleep(0.25)
+        assert [d.message_id for d in t.receive(["one"], 10, 1)] == ["id-later"]
+        assert t.queues() == ["one"]
+    finally:
+        t.close()
+        admin.close()
+
+
+def test_single_publish_without_hiredis(make, monkeypatch) -> None:
+    monkeypatch.setattr(redis_transport, "_pack_command", None)  # redis-py packs
+    t = make()
+    t.publish([_msg("plain", 1, headers={"ü": "☃"})])
+    (d,) = t.receive(["plain"], 1, 1)
+    assert (d.message_id, d.body, d.headers) == ("id-1", b"body-1", {"ü": "☃"})
+
+
+def test_single_publish_through_the_pool_under_max_connections(make) -> None:
+    t = make(max_connections=2)
+    for i in range(5):
+        t.publish([_msg("capped", i)])
+    assert t._idle == []  # the pool, not our own connections, carried them
+    assert len(t.receive(["capped"], 10, 1)) == 5
+
+
+def test_publishing_threads_share_few_connections(make) -> None:
+    t = make()
+    barrier = threading.Barrier(4)
+
+    def produce(n: int) -> None:
+        barrier.wait()
+        for i in range(50):
+            t.publish([_msg("threads", f"{n}-{i}")])
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 1 <= len(t._idle) <= 4
+    got = t.receive(["threads"], 300, 1)
+    assert len({d.message_id for d in got}) == 200
+
+
 # -- durability ----------------------------------------------------------------------------
 
 

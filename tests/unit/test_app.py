@@ -49,6 +49,21 @@ def test_environment_variables(monkeypatch: Any) -> None:
     assert app.conf.worker_prefetch_multiplier == 2
 
 
+def test_settings_read_as_attributes_follow_every_write() -> None:
+    app = Polyq("t", broker="memory://")
+    assert app.conf.task_default_queue == "celery"
+    app.conf.task_default_queue = "a"
+    assert app.conf.task_default_queue == "a"
+    app.conf["task_default_queue"] = "b"
+    assert app.conf.task_default_queue == "b"
+    app.conf.update(task_default_queue="c")
+    assert app.conf.task_default_queue == app.conf["task_default_queue"] == "c"
+    del app.conf["task_default_queue"]
+    assert app.conf.task_default_queue == "celery"
+    app.config_from_object({"task_default_queue": "d"})
+    assert app.conf.task_default_queue == "d"
+
+
 def test_config_from_object_with_namespace() -> None:
     settings = types.SimpleNamespace(
         CELERY_BROKER_URL="memory://django",

@@ -148,3 +148,21 @@ def test_peek_reads_headers_only() -> None:
 
 def test_new_ids_are_unique() -> None:
     assert len({message.new_id() for _ in range(1000)}) == 1000
+
+
+def test_new_ids_are_uuid4_strings_and_pairs_differ() -> None:
+    import uuid
+
+    for _ in range(200):
+        task_id, message_id = message.new_ids()
+        for text in (task_id, message_id, message.new_id()):
+            parsed = uuid.UUID(text)
+            assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        assert task_id != message_id
+
+
+def test_tuple_args_stay_a_list_under_pickle() -> None:
+    sent = TaskMessage(task="t", args=(1, 2), kwargs={"a": 1})  # type: ignore[arg-type]
+    out = encode(sent, "pickle")
+    got = decode(_deliver(out), frozenset({"application/x-python-serialize"}))
+    assert got.args == [1, 2] and got.kwargs == {"a": 1}
