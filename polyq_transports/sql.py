@@ -43,10 +43,11 @@ full indexes on the same columns):
   reads the first rows of the READY slice of a queue, already in delivery order
   (higher priority, then oldest), so a receive costs an index descent whatever the
   number of waiting messages;
-* ``(queue, state, visible_at) WHERE state <> 0``, the due index: "promotion" turns
-  DELAYED rows that are due and LEASED rows whose lease ended into READY, reading only
-  the rows that are due, so a million delayed messages do not slow anyone and a short
-  delay is never stuck behind a long one.
+* ``(queue, visible_at) WHERE state <> 0``, the due index (``(queue, state,
+  visible_at)`` on MySQL/MariaDB): "promotion" turns DELAYED rows that are due and
+  LEASED rows whose lease ended into READY, reading only the rows that are due (one
+  index range per queue), so a million delayed messages do not slow anyone and a
+  short delay is never stuck behind a long one.
 
 Disjoint, so that each query has only one index it can use, whatever the planner's
 statistics say: with full indexes, once PostgreSQL had analyzed a table of a million
@@ -329,13 +330,21 @@ class _Tables:
             postgresql_where=sa.text(_READY),
             sqlite_where=sa.text(_READY),
         )
+        # Partial (SQLite, PostgreSQL): the rows are all DELAYED or LEASED, so state
+        # is left out and "visible_at <= now" bounds one range per queue. With state
+        # as the second column, PostgreSQL could (and with statistics of a nearly
+        # empty index, did) turn "state IN (1, 2)" into a filter and read every entry
+        # of the queue, the dead entries of all messages acked since the last VACUUM
+        # included. MySQL/MariaDB: a full index, so state must come first.
         self.due_index = sa.Index(
             f"{prefix}messages_due",
             m.queue,
-            m.state,
             m.visible_at,
             postgresql_where=sa.text(_NOT_READY),
             sqlite_where=sa.text(_NOT_READY),
+        ).ddl_if(dialect=("postgresql", "sqlite"))
+        sa.Index(f"{prefix}messages_due", m.queue, m.state, m.visible_at).ddl_if(
+            dialect=("mysql", "mariadb")
         )
         self.dead_letters = sa.Table(
             f"{prefix}dead_letters",
@@ -409,6 +418,9 @@ class SQLTransport(Transport):
         self.dialect = self._engine.dialect.name  # sqlite, postgresql, mysql, mariadb
         self._is_pg = self.dialect == "postgresql"
         self._is_sqlite = self.dialect == "sqlite"
+        # Partial indexes (see _Tables); without them, due rows are found per state.
+        self._partial = self._is_pg or self._is_sqlite
+        self._probes = 2 if self._partial else 3  # per queue in _sql_next_due
         self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
         self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
         self._local = threading.local()  # SQLite: this thread's connection
@@ -556,8 +568,9 @@ class SQLTransport(Transport):
         self._schema_ready = True
 
     def _upgrade_to_2(self, conn: Connection) -> None:
-        """Schema 1 -> 2: the claim and due indexes become partial and disjoint
-        (``WHERE state = 0`` / ``WHERE state <> 0``).
+        """Schema 1 -> 2: the claim and due indexes become partial and disjoint:
+        ``(queue, state, priority DESC, id) WHERE state = 0`` and
+        ``(queue, visible_at) WHERE state <> 0``.
 
         Rebuilt in the upgrade's transaction on SQLite and PostgreSQL, which locks
         the messages table while they are built. MySQL/MariaDB have no partial
@@ -624,16 +637,12 @@ class SQLTransport(Transport):
         return f"INSERT IGNORE INTO {q} (name) VALUES (?)"
 
     def _sql_promote(self, queues: int) -> str:
-        # Due DELAYED rows and LEASED rows whose lease ended become READY; the partial
-        # (queue, state, visible_at) index reads only the rows that are due. Through
-        # the claim index instead, it would read every leased row, and, until VACUUM,
-        # the dead entry of every message acked since.
+        # Due DELAYED rows and LEASED rows whose lease ended become READY; the due
+        # index reads only the rows that are due (one range per queue).
         # At most _PROMOTE_BATCH per claim, so that a million messages falling due
         # at once make many short transactions rather than one long one.
-        where = (
-            f"queue IN ({_marks(queues)}) AND state IN ({DELAYED}, {LEASED}) AND {_NOT_READY} "
-            "AND visible_at <= ?"
-        )
+        state = _NOT_READY if self._partial else f"state IN ({DELAYED}, {LEASED})"
+        where = f"queue IN ({_marks(queues)}) AND {state} AND visible_at <= ?"
         pick = f"SELECT id FROM {self._t} WHERE {where} LIMIT {_PROMOTE_BATCH}"
         if self._is_sqlite:
             return f"UPDATE {self._t} SET state = 0 WHERE id IN ({pick})"
@@ -684,20 +693,22 @@ class SQLTransport(Transport):
         return f"UPDATE {self._t} SET state = ?, visible_at = ? WHERE {self._sql_fenced(pairs)}"
 
     def _sql_next_due(self, queues: int) -> str:
-        # Per queue, three index probes, no row read. READY: is there a head of the
-        # claim index? (Its ORDER BY is what keeps PostgreSQL on that index: for a bare
+        # Per queue, index probes, no row read. READY: is there a head of the claim
+        # index? (Its ORDER BY is what keeps PostgreSQL on that index: for a bare
         # EXISTS or LIMIT 1 it estimates that a sequential scan finds a ready row at
-        # once, while the front of the heap may be nothing but dead rows.) DELAYED and
-        # LEASED: min(visible_at) in the partial due index, states written literally.
+        # once, while the front of the heap may be nothing but dead rows.) Then the
+        # first visible_at of the due index: one probe where it holds only DELAYED and
+        # LEASED rows, one per state where it is a full (queue, state, visible_at).
         ready = (
             f"SELECT {READY}, (SELECT visible_at FROM {self._t} WHERE queue = ? "
             f"AND {_READY} ORDER BY priority DESC, id LIMIT 1)"
         )
-        due = (
-            "SELECT {state}, min(visible_at) FROM "
-            f"{self._t} WHERE queue = ? AND state = {{state}} AND {_NOT_READY}"
-        )
-        probes = [ready, due.format(state=DELAYED), due.format(state=LEASED)]
+        due = f"SELECT {DELAYED}, min(visible_at) FROM {self._t} WHERE queue = ? AND {{state}}"
+        if self._partial:
+            probes = [ready, due.format(state=_NOT_READY)]
+        else:
+            probes = [ready, *(due.format(state=f"state = {s}") for s in (DELAYED, LEASED))]
+        assert len(probes) == self._probes
         return " UNION ALL ".join(probes * queues)
 
     def _raw(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
@@ -979,7 +990,7 @@ class SQLTransport(Transport):
     def _next_due(self, queues: list[str]) -> float | None:
         """Seconds until the next message of ``queues`` can be claimed (<= 0: now),
         ``None`` when the queues are empty. A few index probes, no write lock."""
-        params = [queue for queue in queues for _ in range(3)]
+        params = [queue for queue in queues for _ in range(self._probes)]
         with self._raw("polling", write=False) as cursor:
             cursor.execute(self._sql("next_due", len(queues)), params)
             rows = cursor.fetchall()

@@ -116,7 +116,7 @@ def test_promotion_and_idle_probe_use_the_due_index(make: object) -> None:
     index = f"{t.prefix}messages_due"
     promote = _plan(t, t._sql("promote", 1), ("due", time.time()))
     assert index in promote, promote
-    probe = _plan(t, t._sql("next_due", 1), ("due", "due", "due"))
+    probe = _plan(t, t._sql("next_due", 1), ("due",) * t._probes)
     if t.dialect == "sqlite":
         assert "SCAN" not in probe.replace("SCAN CONSTANT ROW", ""), probe
     elif t.dialect == "postgresql":
@@ -162,7 +162,7 @@ def test_plans_with_statistics_on_a_big_backlog(make: object) -> None:
     else:
         plan = _plan(t, t._sql("claim"), (queue, 10))
     assert claim in plan, plan
-    probe = _plan(t, t._sql("next_due", 1), (queue,) * 3)
+    probe = _plan(t, t._sql("next_due", 1), (queue,) * t._probes)
     promote = _plan(t, t._sql("promote", 1), (queue, time.time()))
     assert due in promote, promote
     if t.dialect == "sqlite":
