@@ -151,8 +151,9 @@ def _big_backlog(t: SQLTransport, queue: str) -> None:
 
 
 def test_plans_with_statistics_on_a_big_backlog(make: object) -> None:
-    # The case that regressed: once the planner has statistics, on 1,000,000 waiting
-    # messages PostgreSQL claimed through (queue, state, visible_at) and sorted.
+    # The case that regressed: once PostgreSQL had statistics of a big backlog, its
+    # promotion read the claim index (or the due index with "state IN (1, 2)" as a
+    # filter), i.e. every leased row and every dead entry left since the last VACUUM.
     t = make()  # type: ignore[operator]
     queue = "big"
     _big_backlog(t, queue)
