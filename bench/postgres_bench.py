@@ -1,7 +1,7 @@
 """polyq on PostgreSQL: big backlog, latency, idle cost; Celery on kombu's SQLAlchemy beside.
 
-One run against the shared PostgreSQL (127.0.0.1:5432, user postgres, database ``test``),
-about 4 minutes::
+One run against the shared PostgreSQL (127.0.0.1:5432, user postgres, database ``test``
+unless ``--database`` names another), about 4 minutes::
 
     python bench/postgres_bench.py [--backlog 1000000] [--window 20000] [--small 1000]
 
@@ -17,22 +17,27 @@ appends 8 bytes to a file (``O_APPEND``): completions are counted from its size.
 2. **latency**: ``--latency-calls`` sequential calls, 5-50 ms random gaps, to an idle
    worker; the task records ``time.time()`` at its start, compared with the time taken
    just before ``.delay()`` → p50/p99 (first 10 calls dropped).
-3. **idle cost**: ``xact_commit + xact_rollback`` of database ``test`` in
+3. **idle cost**: ``xact_commit + xact_rollback`` of the database in
    ``pg_stat_database``, read ``--idle-seconds`` apart with no polyq worker running,
    then with only the idle worker (after 3 s idle); the difference is the worker's
    transactions per second (each autocommit read is one). Caveats: the counter covers
-   every client of database ``test`` (another test run on the shared server adds noise
-   to either window, so both raw figures are printed) and backends flush it at most
-   once a second.
+   every client of the database (another test run in it adds noise to either window,
+   so both raw figures are printed; a database of its own avoids that) and backends
+   flush it at most once a second.
 4. **drain, big backlog**: worker stopped; ``--backlog`` messages published in batches of
-   10,000 (``polyq.message.encode``, one ``transport.publish`` per batch);
-   ``pg_stat_user_tables`` read; worker started; rate over the next ``--window``
-   completions counted from the first one (boot excluded, warm-up not), or over what
-   ``--window-seconds`` allowed; worker stopped; then the same once more after an
-   ``ANALYZE`` of the table (this server runs with ``autovacuum = off``, so nothing else
-   ever gives the planner statistics); the index scans of each window
-   (``pg_stat_user_indexes``) show which plan claimed; table statistics again; ``VACUUM``
-   timed.
+   10,000 (``polyq.message.encode``, one ``transport.publish`` per batch); ``ANALYZE``
+   of the table, timed (in production autovacuum gives the planner statistics; this
+   server runs with ``autovacuum = off``, and a plan chosen without statistics is not
+   the one production runs); ``pg_stat_user_tables`` read; worker started; rate over
+   the next ``--window`` completions counted from the first one (boot excluded, warm-up
+   not), or over what ``--window-seconds`` allowed; worker stopped; table statistics;
+   then the same once more, now with the dead tuples the first window left (no
+   ``VACUUM`` in between); the index scans of each window (``pg_stat_user_indexes``)
+   show which indexes the claims read; table statistics again; ``VACUUM`` timed. Before,
+   between and after the two windows, the drain of step 1 runs again (3 runs, a worker
+   of its own) on tables of their own (``<prefix>s_``): each window's rate is also given
+   as a ratio to the mean of the drains just before and after it, which cancels most of
+   the drift in the machine's load (other processes on a shared machine) over the run.
 
 Celery 5.7 (only in ``/tmp/benchvenv``, never a polyq dependency; this script re-runs
 itself there with ``--celery-part``): broker ``sqla+postgresql+psycopg://`` (kombu's
@@ -65,8 +70,7 @@ import time
 import uuid
 from typing import Any
 
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_DATABASE = "test"  # --database
 CELERY_PY = "/tmp/benchvenv/bin/python"
 CELERY_BIN = "/tmp/benchvenv/bin/celery"
 
@@ -163,13 +167,20 @@ CELERY_TASKS = (
 def _pg() -> Any:
     import psycopg
 
-    return psycopg.connect(PG_DSN, autocommit=True)
+    return psycopg.connect(
+        f"host=127.0.0.1 port=5432 user=postgres dbname={PG_DATABASE}", autocommit=True
+    )
+
+
+def _pg_url(driver: str = "postgresql") -> str:
+    return f"{driver}://postgres@127.0.0.1:5432/{PG_DATABASE}"
 
 
 def _xacts() -> int:
     with _pg() as conn:
         row = conn.execute(
-            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'test'"
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (PG_DATABASE,),
         ).fetchone()
     return int(row[0])
 
@@ -199,7 +210,7 @@ def bench_polyq(workdir: str, prefix: str, args: argparse.Namespace) -> dict[str
     from polyq.message import TaskMessage, encode
     from polyq.registry import create_transport
 
-    url = f"{PG_URL}?table_prefix={prefix}"
+    url = f"{_pg_url()}?table_prefix={prefix}"
     count = os.path.join(workdir, "polyq.count")
     stamps = os.path.join(workdir, "polyq.stamps")
     with open(os.path.join(workdir, "pgbq.py"), "w") as f:
@@ -227,18 +238,46 @@ def bench_polyq(workdir: str, prefix: str, args: argparse.Namespace) -> dict[str
             encode(TaskMessage(task=pgbq.noop.name, args=[i], ignore_result=True)) for i in range(n)
         ]
 
-    def start_worker() -> subprocess.Popen[bytes]:
+    def start_worker(broker: str = url) -> subprocess.Popen[bytes]:
         log = open(os.path.join(workdir, "worker.log"), "ab")
         return subprocess.Popen(
             [sys.executable, "-m", "polyq", "-A", "pgbq", "worker", "-c", "2", "-l", "WARNING"],
             cwd=workdir,
-            env=env,
+            env={**env, "POLYQ_BROKER_URL": broker},
             start_new_session=True,
             stdout=log,
             stderr=log,
         )
 
-    # Idle baseline of database "test" before any polyq worker exists.
+    def small_rates(publish: Any) -> list[float]:
+        """Drain rates of ``args.small`` messages published in one commit to the warm
+        idle worker (3 runs)."""
+        rates = []
+        for _ in range(3):
+            done = _count(count)
+            messages = batch(args.small)
+            publish(messages)
+            t0 = time.perf_counter()
+            rates.append(args.small / (_wait_count(count, done + args.small) - t0))
+            time.sleep(0.5)
+        return rates
+
+    small_url = f"{_pg_url()}?table_prefix={prefix}s_"
+    small_transport = create_transport(small_url)
+
+    def bracket() -> list[float]:
+        """The small drain again, on tables of their own (``<prefix>s_``) beside the
+        big backlog: the figure of the moment on a machine whose load drifts."""
+        proc = start_worker(small_url)
+        try:
+            done = _count(count)
+            small_transport.publish(batch(50))  # boot and warm-up
+            _wait_count(count, done + 50, timeout=60)
+            return small_rates(small_transport.publish)
+        finally:
+            _stop(proc)
+
+    # Idle baseline of the database before any polyq worker exists.
     before, t0 = _xacts(), time.perf_counter()
     time.sleep(args.idle_seconds)
     out["xacts_baseline"] = (_xacts() - before) / (time.perf_counter() - t0)
@@ -248,15 +287,7 @@ def bench_polyq(workdir: str, prefix: str, args: argparse.Namespace) -> dict[str
         app.publish_raw(batch(50))  # boot and warm-up
         _wait_count(count, 50, timeout=60)
         # 1. small backlog, warm idle worker, one commit makes them all visible at once
-        rates = []
-        for _ in range(3):
-            done = _count(count)
-            messages = batch(args.small)
-            app.publish_raw(messages)
-            t0 = time.perf_counter()
-            rates.append(args.small / (_wait_count(count, done + args.small) - t0))
-            time.sleep(0.5)
-        out["small_rates"] = rates
+        out["small_rates"] = small_rates(app.publish_raw)
         # 2. publish → start latency on an idle worker
         lat = []
         for i in range(args.latency_calls + 10):
@@ -285,17 +316,22 @@ def bench_polyq(workdir: str, prefix: str, args: argparse.Namespace) -> dict[str
     out["publish_rate"] = args.backlog / (time.perf_counter() - t0)
     publisher.close()  # its backend exits and flushes its statistics
     time.sleep(1.5)
-    out["stats_before"] = _table_stats(table)
-    out["big"] = _big_window(start_worker, count, table, args)
-    out["stats_mid"] = _table_stats(table)
-    # The same drain once the table has planner statistics (this server runs with
-    # autovacuum off, so nothing else would ever ANALYZE it).
+    # Planner statistics first, as autovacuum would give them in production (this
+    # server runs with autovacuum off, so nothing else would ever ANALYZE the table).
     with _pg() as conn:
         t0 = time.perf_counter()
         conn.execute(f'ANALYZE "{table}"')
         out["analyze_s"] = time.perf_counter() - t0
-    out["big_analyzed"] = _big_window(start_worker, count, table, args)
+    out["stats_before"] = _table_stats(table)
+    out["brackets"] = [bracket()]
+    out["big"] = _big_window(start_worker, count, table, args)
+    out["stats_mid"] = _table_stats(table)
+    out["brackets"].append(bracket())
+    # Once more, now over the dead tuples the first window left (no VACUUM between).
+    out["big_next"] = _big_window(start_worker, count, table, args)
     out["stats_after"] = _table_stats(table)
+    out["brackets"].append(bracket())
+    small_transport.close()
     with _pg() as conn:
         t0 = time.perf_counter()
         conn.execute(f'VACUUM "{table}"')
@@ -346,7 +382,7 @@ def _big_window(
 def drop_polyq(prefix: str) -> None:
     from polyq.registry import create_transport
 
-    transport = create_transport(f"{PG_URL}?table_prefix={prefix}")
+    transport = create_transport(f"{_pg_url()}?table_prefix={prefix}")
     transport.drop_schema()
     with transport.engine.begin() as conn:  # meta goes once no result tables use it
         conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{prefix}meta"')
@@ -357,11 +393,12 @@ def drop_polyq(prefix: str) -> None:
 
 
 def celery_part(cfg: dict[str, Any]) -> dict[str, Any]:
-    workdir, schema = cfg["workdir"], cfg["schema"]
+    global PG_DATABASE
+    workdir, schema, PG_DATABASE = cfg["workdir"], cfg["schema"], cfg["database"]
     count = os.path.join(workdir, "celery.count")
     with open(os.path.join(workdir, "cbq.py"), "w") as f:
         f.write(CELERY_TASKS)
-    base = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    base = _pg_url("postgresql+psycopg")
     env = {
         **os.environ,
         "BENCH_BROKER": f"sqla+{base}",
@@ -415,6 +452,7 @@ def run_celery(workdir: str, schema: str, args: argparse.Namespace) -> dict[str,
         "schema": schema,
         "tasks": args.celery_tasks,
         "round_trips": args.celery_round_trips,
+        "database": PG_DATABASE,
     }
     proc = subprocess.run(
         [CELERY_PY, os.path.abspath(__file__), "--celery-part", json.dumps(cfg)],
@@ -434,10 +472,10 @@ def run_celery(workdir: str, schema: str, args: argparse.Namespace) -> dict[str,
 
 def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base: str) -> None:
     small = statistics.median(p["small_rates"])
-    big, tuned = p["big"], p["big_analyzed"]
+    big, nxt = p["big"], p["big_next"]
     lat = [x * 1000 for x in p["latency"]]
     celery_ok = "error" not in c
-    print(f"\nPostgreSQL 127.0.0.1:5432 db test, 2 worker processes, files in {base}")
+    print(f"\nPostgreSQL 127.0.0.1:5432 db {PG_DATABASE}, 2 worker processes, files in {base}")
     print(
         "polyq : prefork -c 2 (defaults), late ack with leases, LISTEN/NOTIFY wake-up, "
         "results ignored (ignore_result)"
@@ -446,7 +484,7 @@ def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base:
         "celery: prefork -c 2 (defaults), kombu SQLAlchemy transport (ack on fetch, 1 s poll "
         "when empty), no-op ignore_result, echo stored in db+postgresql+psycopg"
     )
-    row = "{:56} {:>11} {:>11}"
+    row = "{:62} {:>11} {:>11}"
     print("\n" + row.format("measure", "polyq", "celery"))
     print(
         row.format(
@@ -455,7 +493,9 @@ def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base:
             f"{c['drain']:,.0f}" if celery_ok else "n/a",
         )
     )
-    for label, r in (("", big), (" after ANALYZE", tuned)):
+    brackets = [statistics.median(b) for b in p["brackets"]]
+    windows = ((", after ANALYZE", big), (", the next, no VACUUM", nxt))
+    for i, (label, r) in enumerate(windows):
         print(
             row.format(
                 f"drain/s, {r['completed']:,} of {args.backlog:,} waiting{label}",
@@ -463,7 +503,17 @@ def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base:
                 "-",
             )
         )
-        print(row.format("  ratio to the 1,000-waiting drain", f"{r['rate'] / small:.2f}", "-"))
+        print(
+            row.format(
+                f"  ratio to the {args.small:,}-waiting drain", f"{r['rate'] / small:.2f}", "-"
+            )
+        )
+        around = (brackets[i] + brackets[i + 1]) / 2
+        print(
+            row.format(
+                "  ratio to the drains just before and after", f"{r['rate'] / around:.2f}", "-"
+            )
+        )
     print(
         row.format(
             "publish -> task start p50 ms (idle worker)", f"{statistics.median(lat):.2f}", "-"
@@ -489,7 +539,11 @@ def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base:
         f"\npolyq 1,000-waiting runs: {', '.join(f'{r:,.0f}' for r in p['small_rates'])}/s; "
         f"backlog published at {p['publish_rate']:,.0f} msg/s (batches of 10,000)"
     )
-    for label, r in (("as published", big), ("after ANALYZE", tuned)):
+    print(
+        f"{args.small:,}-waiting drains on tables of their own, before, between and after "
+        "the two windows (median of 3 each): " + ", ".join(f"{b:,.0f}" for b in brackets) + "/s"
+    )
+    for label, r in (("after ANALYZE", big), ("next window", nxt)):
         scans = ", ".join(f"{k} {v:,}" for k, v in sorted(r["scans"].items()))
         print(
             f"big backlog {label}: {r['completed']:,} completions in "
@@ -499,9 +553,9 @@ def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base:
     print(f"ANALYZE took {p['analyze_s']:.2f} s")
     print(f"latency: {len(lat)} calls, min {min(lat):.2f} ms, max {max(lat):.2f} ms")
     print(
-        f"idle: database 'test' {p['xacts_baseline']:.1f} xact/s with no polyq worker, "
+        f"idle: database {PG_DATABASE!r} {p['xacts_baseline']:.1f} xact/s with no polyq worker, "
         f"{p['xacts_idle']:.1f} with the idle worker ({args.idle_seconds:.0f} s each; the "
-        "counter covers every client of db test)"
+        "counter covers every client of that database)"
     )
     print(f"messages table before the drains:       {_fmt_stats(p['stats_before'])}")
     print(f"messages table after the first drain:   {_fmt_stats(p['stats_mid'])}")
@@ -517,6 +571,7 @@ def report(args: argparse.Namespace, p: dict[str, Any], c: dict[str, Any], base:
 
 
 def main() -> None:
+    global PG_DATABASE
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--window", type=int, default=20_000)
@@ -526,8 +581,12 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--celery-tasks", type=int, default=1_000)
     parser.add_argument("--celery-round-trips", type=int, default=20)
+    parser.add_argument(
+        "--database", default=PG_DATABASE, help="database on 127.0.0.1:5432 (default test)"
+    )
     parser.add_argument("--celery-part", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    PG_DATABASE = args.database
     if args.celery_part:
         try:
             result = celery_part(json.loads(args.celery_part))
@@ -550,6 +609,7 @@ def main() -> None:
         c = run_celery(os.path.join(base, "celery"), schema, args)
     finally:
         drop_polyq(prefix)
+        drop_polyq(f"{prefix}s_")
         with _pg() as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     report(args, p, c, base)

@@ -35,15 +35,28 @@ Tables (``<prefix>`` is ``table_prefix``)
 ----------------------------------------
 ``<prefix>messages``: one row per message. ``state`` is READY (0), DELAYED (1) or
 LEASED (2); ``visible_at`` is when a DELAYED row becomes due or when a LEASED row's
-lease ends. Two composite indexes carry every hot query:
+lease ends. Two composite indexes carry every hot query; on SQLite and PostgreSQL
+they are partial and disjoint (MySQL/MariaDB have no partial indexes: there they are
+full indexes on the same columns):
 
-* ``(queue, state, priority DESC, id)``: the claim reads the first rows of the READY
-  slice of a queue, already in delivery order (higher priority, then oldest), so a
-  receive costs an index descent whatever the number of waiting messages;
-* ``(queue, state, visible_at)``: "promotion" turns DELAYED rows that are due and
-  LEASED rows whose lease ended into READY, reading only the rows that are due, so a
-  million delayed messages do not slow anyone and a short delay is never stuck
-  behind a long one.
+* ``(queue, state, priority DESC, id) WHERE state = 0``, the claim index: the claim
+  reads the first rows of the READY slice of a queue, already in delivery order
+  (higher priority, then oldest), so a receive costs an index descent whatever the
+  number of waiting messages;
+* ``(queue, visible_at) WHERE state <> 0``, the due index (``(queue, state,
+  visible_at)`` on MySQL/MariaDB): "promotion" turns DELAYED rows that are due and
+  LEASED rows whose lease ended into READY, reading only the rows that are due (one
+  index range per queue), so a million delayed messages do not slow anyone and a
+  short delay is never stuck behind a long one.
+
+Disjoint, so that each query has only one index it can use, whatever the planner's
+statistics say: with full indexes, once PostgreSQL had analyzed a table of a million
+waiting messages it estimated that ``visible_at <= now`` filters nothing and promoted
+through the claim index, reading every leased row and, until VACUUM, the dead entry of
+every message acked since; on a never-analyzed table it could claim through the due
+index and sort the whole READY slice. Queries carry the predicates ``state = 0`` /
+``state <> 0`` literally: a bound parameter cannot be matched against an index
+predicate, and SQLite matches predicates against the query's terms textually.
 
 A lease is fenced by ``(id, delivery_count)``: every claim raises ``delivery_count``,
 so the receipt of a delivery whose lease ended and was claimed again no longer
@@ -86,8 +99,9 @@ cache-key work around a 20 us query.
 
 Waking up
 ---------
-An idle ``receive`` asks the indexes when the next message of its queues is due (a
-few ``min(visible_at)`` index probes, no write lock) and sleeps until then or until
+An idle ``receive`` asks the indexes when the next message of its queues is due
+(per queue: the head of the claim index, and ``min(visible_at)`` of its delayed and
+of its leased rows; index probes, no write lock) and sleeps until then or until
 the next poll, with a pause growing from 5 ms to ``max_poll_interval``: at most ten
 cheap reads per second per idle consumer by default. On PostgreSQL ``publish``
 sends ``NOTIFY <prefix>messages, '<queue>'`` (a queue name, never a body: payloads
@@ -108,7 +122,9 @@ SQLite, an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL) or explicitly by
 :meth:`SQLTransport.create_schema` (``polyq db init``). The version is stored in
 ``<prefix>meta`` under ``transport_schema_version``; a later polyq that changes the
 tables upgrades them in ``create_schema`` from the recorded version, and an older
-polyq refuses a newer schema with a clear error instead of misreading it.
+polyq refuses a newer schema with a clear error instead of misreading it. Schema 2
+made the claim and due indexes partial (SQLite, PostgreSQL); a schema 1 database is
+upgraded on first use, or by ``polyq db init``: both indexes are rebuilt.
 
 Broadcast
 ---------
@@ -156,7 +172,7 @@ from polyq.url import redact
 __all__ = ["SCHEMA_VERSION", "SQLSubscription", "SQLTransport"]
 
 #: Version of the tables this module reads and writes (``<prefix>meta``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 READY, DELAYED, LEASED = 0, 1, 2
 
@@ -187,6 +203,10 @@ _DRIVERS = {
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,30}")
 _MIN_POLL = 0.005
 _PROMOTE_BATCH = 1000
+# The predicates of the partial claim and due indexes, repeated literally in the
+# queries that should use them (never as bound parameters; see the module docstring).
+_READY = "state = 0"
+_NOT_READY = "state <> 0"
 _BROADCAST_GRACE = 2.0
 
 
@@ -301,8 +321,31 @@ class _Tables:
             **mysql_args,
         )
         m = self.messages.c
-        sa.Index(f"{prefix}messages_claim", m.queue, m.state, m.priority.desc(), m.id)
-        sa.Index(f"{prefix}messages_due", m.queue, m.state, m.visible_at)
+        self.claim_index = sa.Index(
+            f"{prefix}messages_claim",
+            m.queue,
+            m.state,
+            m.priority.desc(),
+            m.id,
+            postgresql_where=sa.text(_READY),
+            sqlite_where=sa.text(_READY),
+        )
+        # Partial (SQLite, PostgreSQL): the rows are all DELAYED or LEASED, so state
+        # is left out and "visible_at <= now" bounds one range per queue. With state
+        # as the second column, PostgreSQL could (and with statistics of a nearly
+        # empty index, did) turn "state IN (1, 2)" into a filter and read every entry
+        # of the queue, the dead entries of all messages acked since the last VACUUM
+        # included. MySQL/MariaDB: a full index, so state must come first.
+        self.due_index = sa.Index(
+            f"{prefix}messages_due",
+            m.queue,
+            m.visible_at,
+            postgresql_where=sa.text(_NOT_READY),
+            sqlite_where=sa.text(_NOT_READY),
+        ).ddl_if(dialect=("postgresql", "sqlite"))
+        sa.Index(f"{prefix}messages_due", m.queue, m.state, m.visible_at).ddl_if(
+            dialect=("mysql", "mariadb")
+        )
         self.dead_letters = sa.Table(
             f"{prefix}dead_letters",
             self.metadata,
@@ -375,6 +418,9 @@ class SQLTransport(Transport):
         self.dialect = self._engine.dialect.name  # sqlite, postgresql, mysql, mariadb
         self._is_pg = self.dialect == "postgresql"
         self._is_sqlite = self.dialect == "sqlite"
+        # Partial indexes (see _Tables); without them, due rows are found per state.
+        self._partial = self._is_pg or self._is_sqlite
+        self._probes = 2 if self._partial else 3  # per queue in _sql_next_due
         self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
         self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
         self._local = threading.local()  # SQLite: this thread's connection
@@ -512,10 +558,28 @@ class SQLTransport(Transport):
         with self._errors("creating the polyq tables"), self.engine.begin() as conn:
             self._schema_lock(conn)
             self.tables.metadata.create_all(conn, checkfirst=True)
-            _record_version(conn, self.tables.meta, "transport_schema_version", SCHEMA_VERSION)
+            found = _record_version(
+                conn, self.tables.meta, "transport_schema_version", SCHEMA_VERSION
+            )
+            if found is not None and found < 2:
+                self._upgrade_to_2(conn)
             self._schema_unlock(conn)
         self._check_server()
         self._schema_ready = True
+
+    def _upgrade_to_2(self, conn: Connection) -> None:
+        """Schema 1 -> 2: the claim and due indexes become partial and disjoint:
+        ``(queue, state, priority DESC, id) WHERE state = 0`` and
+        ``(queue, visible_at) WHERE state <> 0``.
+
+        Rebuilt in the upgrade's transaction on SQLite and PostgreSQL, which locks
+        the messages table while they are built. MySQL/MariaDB have no partial
+        indexes: their indexes are unchanged, only the version moves."""
+        if not (self._is_sqlite or self._is_pg):
+            return
+        for index in (self.tables.claim_index, self.tables.due_index):
+            index.drop(conn, checkfirst=True)
+            index.create(conn)
 
     def drop_schema(self) -> None:
         """Drop this prefix's transport tables and everything in them (tests,
@@ -573,11 +637,12 @@ class SQLTransport(Transport):
         return f"INSERT IGNORE INTO {q} (name) VALUES (?)"
 
     def _sql_promote(self, queues: int) -> str:
-        # Due DELAYED rows and LEASED rows whose lease ended become READY; the
-        # (queue, state, visible_at) index reads only the rows that are due.
+        # Due DELAYED rows and LEASED rows whose lease ended become READY; the due
+        # index reads only the rows that are due (one range per queue).
         # At most _PROMOTE_BATCH per claim, so that a million messages falling due
         # at once make many short transactions rather than one long one.
-        where = f"queue IN ({_marks(queues)}) AND state IN (1, 2) AND visible_at <= ?"
+        state = _NOT_READY if self._partial else f"state IN ({DELAYED}, {LEASED})"
+        where = f"queue IN ({_marks(queues)}) AND {state} AND visible_at <= ?"
         pick = f"SELECT id FROM {self._t} WHERE {where} LIMIT {_PROMOTE_BATCH}"
         if self._is_sqlite:
             return f"UPDATE {self._t} SET state = 0 WHERE id IN ({pick})"
@@ -593,7 +658,7 @@ class SQLTransport(Transport):
         # The READY slice of one queue, in delivery order, read from the
         # (queue, state, priority DESC, id) index: no sort, no scan of other rows.
         pick = (
-            f"SELECT {{cols}} FROM {self._t} WHERE queue = ? AND state = 0 "
+            f"SELECT {{cols}} FROM {self._t} WHERE queue = ? AND {_READY} "
             "ORDER BY priority DESC, id LIMIT ?"
         )
         cols = "id, queue, message_id, body, headers, delivery_count, priority"
@@ -628,9 +693,23 @@ class SQLTransport(Transport):
         return f"UPDATE {self._t} SET state = ?, visible_at = ? WHERE {self._sql_fenced(pairs)}"
 
     def _sql_next_due(self, queues: int) -> str:
-        # min(visible_at) per (queue, state): one index probe each, no row read.
-        probe = f"SELECT ?, min(visible_at) FROM {self._t} WHERE queue = ? AND state = ?"
-        return " UNION ALL ".join([probe] * (3 * queues))
+        # Per queue, index probes, no row read. READY: is there a head of the claim
+        # index? (Its ORDER BY is what keeps PostgreSQL on that index: for a bare
+        # EXISTS or LIMIT 1 it estimates that a sequential scan finds a ready row at
+        # once, while the front of the heap may be nothing but dead rows.) Then the
+        # first visible_at of the due index: one probe where it holds only DELAYED and
+        # LEASED rows, one per state where it is a full (queue, state, visible_at).
+        ready = (
+            f"SELECT {READY}, (SELECT visible_at FROM {self._t} WHERE queue = ? "
+            f"AND {_READY} ORDER BY priority DESC, id LIMIT 1)"
+        )
+        due = f"SELECT {DELAYED}, min(visible_at) FROM {self._t} WHERE queue = ? AND {{state}}"
+        if self._partial:
+            probes = [ready, due.format(state=_NOT_READY)]
+        else:
+            probes = [ready, *(due.format(state=f"state = {s}") for s in (DELAYED, LEASED))]
+        assert len(probes) == self._probes
+        return " UNION ALL ".join(probes * queues)
 
     def _raw(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
         """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
@@ -911,10 +990,7 @@ class SQLTransport(Transport):
     def _next_due(self, queues: list[str]) -> float | None:
         """Seconds until the next message of ``queues`` can be claimed (<= 0: now),
         ``None`` when the queues are empty. A few index probes, no write lock."""
-        params: list[Any] = []
-        for queue in queues:
-            for state in (READY, DELAYED, LEASED):
-                params += [state, queue, state]
+        params = [queue for queue in queues for _ in range(self._probes)]
         with self._raw("polling", write=False) as cursor:
             cursor.execute(self._sql("next_due", len(queues)), params)
             rows = cursor.fetchall()
@@ -1034,16 +1110,27 @@ class SQLTransport(Transport):
         c = t.c
         now = time.time()
         held = sa.and_(c.state == LEASED, c.visible_at > now)
+        # One statement per partial index: "queue = ?" alone matches neither.
         with self._write("purging") as conn:
-            return conn.execute(sa.delete(t).where(c.queue == queue, sa.not_(held))).rowcount
+            ready = conn.execute(sa.delete(t).where(c.queue == queue, sa.text(_READY)))
+            waiting = conn.execute(
+                sa.delete(t).where(c.queue == queue, sa.text(_NOT_READY), sa.not_(held))
+            )
+            return int(ready.rowcount) + int(waiting.rowcount)
 
     def size(self, queue: str) -> int:
         """Messages in ``queue``: ready, delayed and leased."""
-        c = self.tables.messages.c
+        t = self.tables.messages
+        # Counted in each partial index: "queue = ?" alone matches neither.
+        parts = [
+            sa.select(sa.func.count())
+            .select_from(t)
+            .where(t.c.queue == queue, sa.text(predicate))
+            .scalar_subquery()
+            for predicate in (_READY, _NOT_READY)
+        ]
         with self._read("counting") as conn:
-            return int(
-                conn.execute(sa.select(sa.func.count()).where(c.queue == queue)).scalar_one()
-            )
+            return int(conn.execute(sa.select(parts[0] + parts[1])).scalar_one())
 
     def queues(self) -> list[str]:
         """Every queue published to through this database and prefix."""
@@ -1056,7 +1143,10 @@ class SQLTransport(Transport):
         c = self.tables.messages.c
         stmt = (
             sa.select(c.queue, c.message_id, c.headers, c.visible_at, c.priority)
-            .where(c.queue == queue, c.state == DELAYED)
+            # Literal state and predicate: a bound parameter cannot select the
+            # partial due index, which reads the delayed rows in visible_at order.
+            .where(c.queue == queue, c.state == sa.literal_column(str(DELAYED)))
+            .where(sa.text(_NOT_READY))
             .order_by(c.visible_at)
             .limit(limit)
         )
@@ -1344,15 +1434,19 @@ def _forget_version(conn: Connection, meta: sa.Table, name: str) -> None:
         meta.drop(conn)
 
 
-def _record_version(conn: Connection, meta: sa.Table, name: str, version: int) -> None:
-    """Check the recorded schema version (``name`` in ``meta``) and record ``version``
-    on a fresh database; refuse a schema newer than this code."""
+def _record_version(conn: Connection, meta: sa.Table, name: str, version: int) -> int | None:
+    """Record ``version`` as schema ``name`` in ``meta``; the version found there
+    before (``None`` on a fresh database), so that the caller upgrades an older
+    schema in the same transaction. A schema newer than this code is refused."""
     found = conn.execute(sa.select(meta.c.value).where(meta.c.name == name)).scalar()
     if found is None:
         conn.execute(sa.insert(meta), {"name": name, "value": str(version)})
-    elif int(found) > version:
+        return None
+    if int(found) > version:
         raise ConfigurationError(
             f"the database holds polyq schema {name}={found}, newer than this polyq "
             f"understands ({version}); upgrade polyq on this machine"
         )
-    # int(found) < version: no older schema exists yet; upgrades go here, in order.
+    if int(found) < version:
+        conn.execute(sa.update(meta).where(meta.c.name == name), {"value": str(version)})
+    return int(found)
