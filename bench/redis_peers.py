@@ -188,6 +188,21 @@ def enqueue(system: str, n: int) -> dict[str, float]:
     return {"enqueue": (n - 1) / (time.perf_counter() - start)}
 
 
+def bare(n: int) -> dict[str, float]:
+    """The floor for one call per task: redis-py ``LPUSH`` of a 300-byte body per call."""
+    import redis
+
+    client = redis.Redis.from_url(f"{_base()}/3")
+    body = b"x" * 300
+    client.lpush("bench:bare", body)
+    start = time.perf_counter()
+    for _ in range(n - 1):
+        client.lpush("bench:bare", body)
+    rate = (n - 1) / (time.perf_counter() - start)
+    client.delete("bench:bare")
+    return {"enqueue": rate}
+
+
 def roundtrip(system: str, k: int, warmup: int = 20) -> dict[str, float]:
     """``k`` sequential echo calls, each waiting for its result; p50/p99 in ms."""
     tasks = _system(system)
@@ -331,12 +346,14 @@ def main() -> None:
                     print(f"{name}: {runs[-1]}", file=sys.stderr, flush=True)
                 if runs:
                     table[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            floors = [_phase(base, "bare", "-", str(args.n))["enqueue"] for _ in range(args.repeat)]
+            args.floor = statistics.median(floors)
         finally:
             server.terminate()
             server.wait(10)
     _print(table, args)
     if args.json:
-        args.json.write_text(json.dumps(table, indent=2))
+        args.json.write_text(json.dumps({**table, "bare-lpush": {"enqueue": args.floor}}, indent=2))
 
 
 def _wait_for(port: int) -> None:
@@ -364,7 +381,12 @@ def _print(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None
             f"| {name} | {s['ack']} | {s['pool']} | {s['results']} | {f['enqueue']:,.0f} | "
             f"{f['drain']:,.0f} | {f['steady']:,.0f} | {f['p50']:.2f} | {f['p99']:.2f} |"
         )
+    print(
+        f"\nbare redis-py LPUSH of a 300-byte body, one call per message (the floor for one "
+        f"round trip per call on this machine): {args.floor:,.0f}/s"
+    )
     if "polyq" in table:
+        print(f"polyq enqueue / bare LPUSH: x{table['polyq']['enqueue'] / args.floor:.2f}")
         print()
         for name, f in table.items():
             if name != "polyq":
@@ -376,9 +398,12 @@ def _print(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("enqueue", "roundtrip"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("enqueue", "roundtrip", "bare"):
         phase, system, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        result = enqueue(system, count) if phase == "enqueue" else roundtrip(system, count)
+        if phase == "bare":
+            result = bare(count)
+        else:
+            result = enqueue(system, count) if phase == "enqueue" else roundtrip(system, count)
         print(json.dumps(result))
     else:
         main()

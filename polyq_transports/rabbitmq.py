@@ -155,6 +155,7 @@ Capabilities
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -534,6 +535,12 @@ class RabbitMQTransport(Transport):
         self._want: tuple[str, ...] = ()
         self._demand = 0
         self._generation = 0
+        # I/O thread only: the consumer channel's delivery tags not yet settled, in
+        # delivery order, and those settled one by one ahead of an unsettled one. An
+        # ack of a contiguous run from the oldest goes out as one multiple-ack frame.
+        self._unsettled: collections.deque[int] = collections.deque()
+        self._settled_early: set[int] = set()
+        self._tracked_generation = 0
         self._up_flag = False
         self._down_since: float | None = None
         self._last_error: BaseException | None = None
@@ -1299,6 +1306,12 @@ class RabbitMQTransport(Transport):
                 self._consumer.basic_nack(delivery.receipt.tag, requeue=True)
 
     def _on_message(self, channel: Channel, method: Any, props: Any, body: bytes) -> None:
+        if self._tracked_generation != self._generation:
+            # A new channel numbers its deliveries afresh.
+            self._tracked_generation = self._generation
+            self._unsettled.clear()
+            self._settled_early.clear()
+        self._unsettled.append(method.delivery_tag)
         queue = self._tag_queue.get(method.consumer_tag, method.routing_key)
         raw = props.headers or {}
         previous = raw.get(H_DELIVERIES, 0)
@@ -1346,6 +1359,13 @@ class RabbitMQTransport(Transport):
             channel.basic_ack(tag)
         else:
             channel.basic_nack(tag, requeue=requeue)
+        self._settled_early.add(tag)
+        self._drop_settled()
+
+    def _drop_settled(self) -> None:
+        unsettled, early = self._unsettled, self._settled_early
+        while unsettled and unsettled[0] in early:
+            early.discard(unsettled.popleft())
 
     def receive(self, queues: Sequence[str], max_messages: int, wait: float) -> list[Delivery]:
         """Hand out up to ``max_messages`` deliveries, highest priority first."""
@@ -1454,9 +1474,30 @@ class RabbitMQTransport(Transport):
             self._soon(lambda: self._ack_all(settled))
 
     def _ack_all(self, settled: list[tuple[int, int]]) -> None:
+        channel = self._consumer
+        if channel is None or not channel.is_open:
+            return  # the broker already took them back when the channel closed
+        tags = {tag for generation, tag in settled if generation == self._generation}
+        if self._tracked_generation != self._generation:
+            tags.clear()  # not one delivery on this channel yet: nothing of it to ack
+        # The oldest unsettled deliveries, as far as every one is acked now (or was
+        # settled before): one ``basic.ack multiple`` on the last acked among them
+        # settles the run on the broker (saving it a frame per message).
+        last = None
+        unsettled, early = self._unsettled, self._settled_early
+        while unsettled and (unsettled[0] in tags or unsettled[0] in early):
+            tag = unsettled.popleft()
+            if tag in tags:
+                tags.discard(tag)
+                last = tag
+            else:
+                early.discard(tag)
         with self._gather():
-            for generation, tag in settled:
-                self._settle(generation, tag, requeue=None)
+            if last is not None:
+                channel.basic_ack(last, multiple=True)
+            for tag in sorted(tags):  # behind an unsettled one: one frame each
+                channel.basic_ack(tag)
+                early.add(tag)
 
     async def _replace(
         self,

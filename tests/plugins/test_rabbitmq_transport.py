@@ -387,3 +387,35 @@ def test_settling_after_close_is_not_an_error(
     while len(again) < 3 and time.monotonic() < deadline:
         again += other.receive([queue], 3 - len(again), 1.0)
     assert sorted(d.delivery_count for d in again) == [2, 2, 2]
+
+
+def test_acks_in_any_order_and_grouping_settle_exactly_what_was_acked(
+    queue: str, connect: Callable[..., Transport]
+) -> None:
+    # Runs of acks from the oldest go out as one multiple-ack; anything else one by
+    # one. Either way the broker must settle exactly the acked messages: a wrong
+    # multiple-ack would settle a message still running, a double ack kill the channel.
+    t = connect()
+    t.publish([_msg(queue, body=str(i).encode(), message_id=f"m{i}") for i in range(12)])
+    got: list = []
+    deadline = time.monotonic() + 10
+    while len(got) < 12 and time.monotonic() < deadline:
+        got += t.receive([queue], 12 - len(got), 1.0)
+    by_id = {d.message_id: d for d in got}
+    assert len(by_id) == 12
+    t.ack([by_id["m2"], by_id["m3"]])  # behind m0, m1: one frame each
+    t.ack([by_id["m0"]])  # m0 alone from the oldest: multiple up to m0
+    t.nack(by_id["m5"])  # given back one by one, in the middle
+    t.ack([by_id["m1"], by_id["m4"], by_id["m6"]])  # m1..m6 now a run
+    t.ack([by_id[f"m{i}"] for i in (9, 8)])  # m7 still running
+    time.sleep(0.5)
+    # Only m5 (given back) comes again; m7, m10, m11 stay leased here.
+    again = t.receive([queue], 10, 2.0)
+    assert [d.message_id for d in again] == ["m5"]
+    assert again[0].delivery_count == 2
+    t.ack([*again, by_id["m7"], by_id["m10"], by_id["m11"]])
+    time.sleep(0.5)
+    t.close()
+    other = connect()
+    assert other.receive([queue], 10, 1.0) == [], "an acked message came back"
+    assert other.size(queue) == 0
