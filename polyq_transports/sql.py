@@ -17,7 +17,7 @@ Options (``broker_transport_options`` or the query string)
     prefix of every table name; lets several apps (or test runs) share one database.
 ``max_poll_interval`` (s, default 0.1)
     longest pause between two checks of an idle ``receive``; the pause starts at
-    5 ms and doubles. On PostgreSQL the pause is a wait on LISTEN, woken at once
+    1 ms and doubles. On PostgreSQL the pause is a wait on LISTEN, woken at once
     by a new message, and this is only the safety net (default 1.0 there).
 ``busy_timeout`` (s, default 30)
     SQLite: how long a writer waits for the file lock before failing.
@@ -102,8 +102,8 @@ Waking up
 An idle ``receive`` asks the indexes when the next message of its queues is due
 (per queue: the head of the claim index, and ``min(visible_at)`` of its delayed and
 of its leased rows; index probes, no write lock) and sleeps until then or until
-the next poll, with a pause growing from 5 ms to ``max_poll_interval``: at most ten
-cheap reads per second per idle consumer by default. On PostgreSQL ``publish``
+the next poll, with a pause growing from 1 ms to ``max_poll_interval``: at most ten
+cheap reads per second per idle consumer by default (after its first 0.1 s idle). On PostgreSQL ``publish``
 sends ``NOTIFY <prefix>messages, '<queue>'`` (a queue name, never a body: payloads
 are limited to 8000 bytes) in its transaction, and idle receivers wait on LISTEN,
 so a new message starts within milliseconds.
@@ -129,7 +129,7 @@ upgraded on first use, or by ``polyq db init``: both indexes are rebuilt.
 Broadcast
 ---------
 ``broadcast`` inserts a row into ``<prefix>broadcast``; a subscription remembers the
-highest id at ``subscribe`` time and polls for newer rows of its channel (5 ms to
+highest id at ``subscribe`` time and polls for newer rows of its channel (1 ms to
 100 ms pauses). Ids seen in the last two seconds are remembered, because on
 PostgreSQL and MySQL two concurrent inserts may commit out of id order. Rows older
 than ``broadcast_ttl`` are pruned by ``broadcast`` and by :meth:`SQLTransport.cleanup`.
@@ -201,7 +201,10 @@ _DRIVERS = {
     "mariadb": "mariadb+pymysql",
 }
 _PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,30}")
-_MIN_POLL = 0.005
+# A short first pause: a message or result arriving a few ms after the poll began
+# is seen within a ms or two instead of waiting out a 5-10 ms step; the doubling
+# reaches the long pauses of an idle poll after a few reads.
+_MIN_POLL = 0.001
 _PROMOTE_BATCH = 1000
 # The predicates of the partial claim and due indexes, repeated literally in the
 # queries that should use them (never as bound parameters; see the module docstring).
@@ -1280,7 +1283,7 @@ class SQLTransport(Transport):
 
 class SQLSubscription(Subscription):
     """A broadcast subscription: polls ``<prefix>broadcast`` for rows newer than the
-    last one seen, with a pause growing from 5 ms to 100 ms while idle. On
+    last one seen, with a pause growing from 1 ms to 100 ms while idle. On
     PostgreSQL it LISTENs on its own connection instead, woken by the NOTIFY each
     ``broadcast`` sends (and still reads every second, in case one was lost).
 
