@@ -103,10 +103,10 @@ An idle ``receive`` asks the indexes when the next message of its queues is due
 (per queue: the head of the claim index, and ``min(visible_at)`` of its delayed and
 of its leased rows; index probes, no write lock) and sleeps until then or until
 the next poll, with a pause growing from 1 ms to ``max_poll_interval``: at most ten
-cheap reads per second per idle consumer by default (after its first 0.1 s idle). On PostgreSQL ``publish``
-sends ``NOTIFY <prefix>messages, '<queue>'`` (a queue name, never a body: payloads
-are limited to 8000 bytes) in its transaction, and idle receivers wait on LISTEN,
-so a new message starts within milliseconds.
+cheap reads per second per idle consumer by default (once idle for 0.1 s). On
+PostgreSQL ``publish`` sends ``NOTIFY <prefix>messages, '<queue>'`` (a queue name,
+never a body: payloads are limited to 8000 bytes) in its transaction, and idle
+receivers wait on LISTEN, so a new message starts within milliseconds.
 
 Transactional enqueue
 ---------------------

@@ -460,19 +460,12 @@ class Worker:
         acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
         key = next(self._keys)
         time_limit = delivery.headers.get("time_limit")
-        job = Job(
-            key=key,
-            task_name=name,
-            task_id=task_id,
-            queue=delivery.queue,
-            message_id=delivery.message_id,
-            body=delivery.body,
-            headers=delivery.headers,
-            delivery_count=delivery.delivery_count,
-            priority=delivery.priority,
-            time_limit=float(time_limit)
-            if time_limit
-            else (task.time_limit or conf.task_time_limit),
+        job = Job.from_delivery(
+            key,
+            delivery,
+            name,
+            task_id,
+            float(time_limit) if time_limit else (task.time_limit or conf.task_time_limit),
         )
         if not acks_late:
             # At-most-once: the message is gone before the task runs.

@@ -62,6 +62,29 @@ class Job:
     time_limit: float | None = None
     started: float = 0.0
 
+    @classmethod
+    def from_delivery(
+        cls,
+        key: int,
+        delivery: Delivery,
+        task_name: str,
+        task_id: str,
+        time_limit: float | None = None,
+    ) -> Job:
+        """The job that runs ``delivery`` (whose headers named ``task_name``/``task_id``)."""
+        return cls(
+            key=key,
+            task_name=task_name,
+            task_id=task_id,
+            queue=delivery.queue,
+            message_id=delivery.message_id,
+            body=delivery.body,
+            headers=delivery.headers,
+            delivery_count=delivery.delivery_count,
+            priority=delivery.priority,
+            time_limit=time_limit,
+        )
+
 
 @dataclasses.dataclass
 class Result:

@@ -56,23 +56,8 @@ def _jobs(app: Polyq, name: str, calls: list[tuple[object, ...]]) -> list[Job]:
         task.apply_async(args)
     deliveries = app.transport.receive([app.conf.task_default_queue], len(calls), 1.0)
     assert len(deliveries) == len(calls)
-    jobs = []
-    for n, d in enumerate(deliveries):
-        task_name, task_id = peek(d)
-        jobs.append(
-            Job(
-                key=int(time.monotonic_ns()) + n,
-                task_name=task_name,
-                task_id=task_id,
-                queue=d.queue,
-                message_id=d.message_id,
-                body=d.body,
-                headers=d.headers,
-                delivery_count=d.delivery_count,
-                priority=d.priority,
-            )
-        )
-    return jobs
+    base = time.monotonic_ns()
+    return [Job.from_delivery(base + n, d, *peek(d)) for n, d in enumerate(deliveries)]
 
 
 class _Harness:
