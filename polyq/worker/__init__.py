@@ -570,13 +570,15 @@ class Worker:
 
     def _on_done(self, results: list[Result]) -> None:
         self._acks.put(results)
-        if self._consumer_waiting:
+        limit = self.window()
+        with self._cond:
             # Waking the consumer for each finished task would cost a thread switch
-            # per task; it takes messages in groups of half the window anyway.
-            limit = self.window()
-            with self._cond:
-                if len(self._pending) + len(self.pool.running) <= limit // 2:
-                    self._cond.notify_all()
+            # per task; it takes messages in groups of half the window anyway. (The
+            # flag is read under the lock it is set under: no wake-up is lost.)
+            if self._consumer_waiting and (
+                len(self._pending) + len(self.pool.running) <= limit // 2
+            ):
+                self._cond.notify_all()
         if not self._stop_consuming.is_set():
             self._dispatch()
 
