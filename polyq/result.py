@@ -119,7 +119,9 @@ class AsyncResult:
     def _record(self) -> dict[str, Any]:
         if self._cache is not None:
             return self._cache
-        data = self.app.backend.get(meta_key(self.id))
+        return self._decode(self.app.backend.get(meta_key(self.id)))
+
+    def _decode(self, data: bytes | None) -> dict[str, Any]:
         if data is None:
             return {"status": states.PENDING, "result": None}
         record = decode_record(data, self.app.result_accept)
@@ -238,8 +240,8 @@ class AsyncResult:
         backend = self.app.backend
         key = meta_key(self.id)
         pause = 0.005
+        record = self._record()
         while True:
-            record = self._record()
             if record.get("status") in states.READY_STATES:
                 return record
             remaining = 3600.0 if deadline is None else deadline - time.monotonic()
@@ -249,11 +251,14 @@ class AsyncResult:
                     f"(state {record.get('status')})"
                 )
             if record.get("status") == states.PENDING:
-                # Nothing stored yet: the backend's wait returns as soon as a record appears.
-                backend.wait(key, min(remaining, 5.0))
+                # Nothing stored yet: the backend's wait returns as soon as a record
+                # appears, with the record, so it is not read a second time.
+                data = backend.wait(key, min(remaining, 5.0))
+                record = self._decode(data) if data is not None else self._record()
             else:
                 time.sleep(min(pause, remaining))
                 pause = min(pause * 1.5, max_pause)
+                record = self._record()
 
     # -- acting ----------------------------------------------------------------
 

@@ -177,18 +177,18 @@ def test_a_batch_goes_out_in_few_writes_and_in_order(
     queue: str, connect: Callable[..., Transport], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # pika writes each frame with its own send(); a batch is joined into large writes.
-    from pika.adapters.base_connection import BaseConnection
+    from polyq_transports.rabbitmq import _Connection
 
     writes: list[int] = []
-    emit = BaseConnection._adapter_emit_data
+    write = _Connection._write
 
-    def counted(self: BaseConnection, data: bytes) -> None:
+    def counted(self: _Connection, data: bytes) -> None:
         writes.append(len(data))
-        emit(self, data)
+        write(self, data)
 
     t = connect()
     t.publish([_msg(queue)])
-    monkeypatch.setattr(BaseConnection, "_adapter_emit_data", counted)
+    monkeypatch.setattr(_Connection, "_write", counted)
     t.publish([_msg(queue, f"{i}".encode(), message_id=f"m{i}") for i in range(3000)])
     monkeypatch.undo()
     assert 0 < len(writes) <= 40, len(writes)  # 9,000 frames, about 30 slices
@@ -199,6 +199,37 @@ def test_a_batch_goes_out_in_few_writes_and_in_order(
         got.extend(d.body for d in batch)
         t.ack(batch)
     assert got == [b"x"] + [f"{i}".encode() for i in range(3000)]
+
+
+def _plain_transport(sock: socket.socket, queued: int = 0) -> object:
+    """A pika plaintext transport over ``sock``, as far as ``_send_now`` looks at it."""
+    from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+
+    transport = _AsyncPlaintextTransport.__new__(_AsyncPlaintextTransport)
+    transport._sock = sock  # type: ignore[attr-defined]
+    transport._state = _AsyncPlaintextTransport._STATE_ACTIVE  # type: ignore[attr-defined]
+    transport._tx_buffered_byte_count = queued  # type: ignore[attr-defined]
+    return transport
+
+
+def test_frames_go_to_the_socket_at_once_unless_something_is_queued_before() -> None:
+    from polyq_transports.rabbitmq import _send_now
+
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        ours.setblocking(False)
+        peer.settimeout(2.0)
+        assert _send_now(_plain_transport(ours), b"frame") == b""
+        assert peer.recv(100) == b"frame"
+        # Bytes pika still holds must go first: it is given everything.
+        assert _send_now(_plain_transport(ours, queued=10), b"later") == b"later"
+        # A full socket takes part of it; pika is given the rest, in order.
+        big = bytes(range(256)) * 40_000
+        rest = _send_now(_plain_transport(ours), big)
+        assert 0 < len(rest) < len(big)
+        assert big.endswith(rest)
+        assert _send_now(_plain_transport(ours), b"more") == b"more"  # EAGAIN
+        assert _send_now(object(), b"tls") == b"tls"  # not a plain transport
 
 
 def test_a_publish_failing_half_way_raises_at_once(

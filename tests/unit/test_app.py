@@ -375,6 +375,30 @@ def test_unserializable_result_fails_clearly() -> None:
             result.get(timeout=10)
 
 
+def test_get_takes_the_record_the_wait_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A record stored while get() waits reaches it with the wake-up: reading it
+    # again would cost every round trip one more request to the result store.
+    from polyq.execution import store_state
+
+    app = make_app()
+    backend = app.backend
+    reads: list[str] = []
+    real_get, real_wait = backend.get, backend.wait
+
+    def get(key: str) -> bytes | None:
+        reads.append(key)
+        return real_get(key)
+
+    def wait(key: str, timeout: float) -> bytes | None:
+        store_state(app, "t-1", states.SUCCESS, 42)  # finishes while get() waits
+        return real_wait(key, timeout)
+
+    monkeypatch.setattr(backend, "get", get)
+    monkeypatch.setattr(backend, "wait", wait)
+    assert app.AsyncResult("t-1").get(timeout=5) == 42
+    assert len(reads) == 1  # the first look, which found nothing yet
+
+
 def test_forget_and_revoke() -> None:
     app = make_app()
 
