@@ -81,7 +81,7 @@ class _Notifier:
     def __init__(self, client: redis.Redis, home: str, url: str) -> None:
         self._client = client
         self._home = home
-        pubsub = self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._pubsub = client.pubsub()
         self._url = url
         # Guards the waiter tables and every SUBSCRIBE/UNSUBSCRIBE sent, so the
         # commands reach Redis in the order the tables change.

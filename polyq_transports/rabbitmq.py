@@ -340,7 +340,7 @@ def _describe_close(reason: BaseException | None) -> str:
     return repr(reason) if reason is not None else "unknown reason"
 
 
-class _Connection(AsyncioConnection):
+class _Connection(AsyncioConnection):  # type: ignore[misc]  # pika is untyped: its base is Any
     """pika's asyncio connection, able to hand a run of frames to the socket at once.
 
     pika queues every frame as its own buffer and sends each with its own

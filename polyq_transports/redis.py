@@ -87,7 +87,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
@@ -266,8 +266,8 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
         sentinel_kwargs.setdefault("socket_connect_timeout", kwargs["socket_connect_timeout"])
         # A dead sentinel must not be retried with backoff: the next one is asked.
         sentinel_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
-        master_client: redis.Redis = sentinel.master_for(str(master), redis_class=redis.Redis)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, **kwargs)
+        master_client: redis.Redis = sentinel.master_for(str(master), redis_class=redis.Redis)
         return master_client, db
     host, port = hosts[0]
     return redis.Redis(host=host, port=port, **kwargs), db
@@ -313,6 +313,7 @@ class translate_errors:
 # Packed by hiredis straight away when it is installed (the redis extra brings it):
 # redis-py's packer looks at every argument in Python first. A request is an array of
 # bulk strings under RESP2 and RESP3 alike.
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - redis-py then packs

@@ -345,9 +345,10 @@ class _Tables:
             m.visible_at,
             postgresql_where=sa.text(_NOT_READY),
             sqlite_where=sa.text(_NOT_READY),
-        ).ddl_if(dialect=("postgresql", "sqlite"))
+        ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]
+        # (SQLAlchemy documents a tuple of dialect names; its annotation says one name.)
         sa.Index(f"{prefix}messages_due", m.queue, m.state, m.visible_at).ddl_if(
-            dialect=("mysql", "mariadb")
+            dialect=("mysql", "mariadb")  # type: ignore[arg-type]
         )
         self.dead_letters = sa.Table(
             f"{prefix}dead_letters",
