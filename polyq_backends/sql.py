@@ -1,6 +1,6 @@
 """SQL result backend: results, sets and locks in SQLite, PostgreSQL or MySQL/MariaDB.
 
-URLs and engine set-up are those of the SQL transport (``sqlite:///path``,
+URLs and engine set-up are the SQL transport's own (its ``SQLDatabase``; ``sqlite:///path``,
 ``postgresql://`` = ``postgresql+psycopg://``, ``mysql://`` = ``mysql+pymysql://``,
 ``mariadb://`` = ``mariadb+pymysql://``): SQLite runs in WAL mode with a busy timeout and
 takes its write lock up front (``BEGIN IMMEDIATE``); MySQL runs in READ COMMITTED.
@@ -55,116 +55,26 @@ policy.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.dialects import mysql, sqlite
-from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Engine
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.url import redact
+from polyq_transports.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
 
 __all__ = ["SCHEMA_VERSION", "SQLResultBackend"]
 
 #: Version of the tables this module reads and writes (``<prefix>meta``).
 SCHEMA_VERSION = 1
 
-_OPTIONS = frozenset(
-    {
-        "table_prefix",
-        "max_poll_interval",
-        "busy_timeout",
-        "synchronous",
-        "listen",
-        "visibility_timeout",
-    }
-)
-_DRIVERS = {
-    "postgresql": "postgresql+psycopg",
-    "postgres": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mariadb+pymysql",
-}
-_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,30}")
 _KEY_LENGTH = 255
 _SAFETY_POLL = 1.0
-
-
-def _engine_url(url: str) -> URL:
-    # Same rules as the transport's (plugins do not import each other).
-    try:
-        parsed = make_url(url)
-    except Exception as exc:
-        raise ConfigurationError(f"not a valid SQL URL: {redact(url)!r} ({exc})") from exc
-    driver = _DRIVERS.get(parsed.drivername.lower())
-    if driver:
-        parsed = parsed.set(drivername=driver)
-    parsed = parsed.difference_update_query(_OPTIONS)
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise ConfigurationError(
-            f"{redact(url)!r} is an in-memory SQLite database, which other processes cannot "
-            "see; give a file path (sqlite:///polyq.sqlite3) or use memory:// for tests"
-        )
-    if parsed.get_backend_name() == "sqlite" and not str(parsed.database).startswith("file:"):
-        # Resolved now: a process that changes directory later keeps the same file.
-        parsed = parsed.set(database=os.path.abspath(str(parsed.database)))
-    return parsed
-
-
-def _build_engine(url: str, options: Mapping[str, Any]) -> Engine:
-    target = _engine_url(url)
-    backend = target.get_backend_name()
-    kwargs: dict[str, Any] = {"hide_parameters": True}
-    if backend == "sqlite":
-        kwargs["connect_args"] = {"check_same_thread": False}
-        kwargs["poolclass"] = sa.QueuePool
-    elif backend in ("mysql", "mariadb"):
-        kwargs["isolation_level"] = "READ COMMITTED"
-        kwargs["pool_recycle"] = 3600
-    try:
-        engine = sa.create_engine(target, **kwargs)
-    except Exception as exc:
-        raise ConfigurationError(f"cannot use {redact(url)!r}: {exc}") from exc
-    if backend == "sqlite":
-        busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
-        synchronous = str(options.get("synchronous", "NORMAL")).upper()
-        if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-            raise ConfigurationError(
-                f"synchronous={synchronous!r}: use NORMAL (default) or FULL for {redact(url)}"
-            )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            _sqlite_setup(dbapi_conn, busy_ms, synchronous)
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            # The write lock up front: read-then-write transactions cannot deadlock.
-            if conn.get_execution_options().get("polyq_read_only"):
-                conn.exec_driver_sql("BEGIN")
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _sqlite_setup(dbapi_conn: Any, busy_ms: int, synchronous: str) -> None:
-    """Settings of every SQLite connection (as the transport's): WAL, busy timeout,
-    sync level, and no implicit BEGIN from pysqlite."""
-    dbapi_conn.isolation_level = None
-    cursor = dbapi_conn.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA synchronous={synchronous}")
-    cursor.close()
 
 
 class _Tables:
@@ -213,33 +123,21 @@ class SQLResultBackend(ResultBackend):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        prefix = str(options.get("table_prefix", "polyq_"))
-        if not _PREFIX.fullmatch(prefix):
-            raise ConfigurationError(
-                f"table_prefix={prefix!r}: use letters, digits and underscores (at most 31, "
-                "not starting with a digit), e.g. table_prefix=myapp_"
-            )
-        self.prefix = prefix
-        self._engine = _build_engine(url, options)
-        self.dialect = self._engine.dialect.name
-        self._is_pg = self.dialect == "postgresql"
-        self._is_sqlite = self.dialect == "sqlite"
-        self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
-        self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
-        self._local = threading.local()  # SQLite: this thread's connection
-        self._thread_connections: list[Any] = []
-        self._inherited: list[Any] = []  # a forked child's copies of the parent's
+        self.prefix = prefix = table_prefix(options)
+        self.db = SQLDatabase(url, options, prefix, on_fork=self._forget_listener)
+        self.dialect = self.db.dialect
+        self._is_pg = self.db.is_pg
+        self._is_sqlite = self.db.is_sqlite
         # LISTEN needs psycopg 3 (postgresql+psycopg2:// URLs simply poll).
         self._listen = (
             self._is_pg
-            and self._engine.dialect.driver == "psycopg"
+            and self.db.engine.dialect.driver == "psycopg"
             and bool(options.get("listen", True))
         )
         default_poll = _SAFETY_POLL if self._listen else 0.1
         self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
         self.tables = _Tables(prefix)
         self._channel = f"{prefix}results"
-        self._pid = os.getpid()
         self._lock = threading.RLock()
         self._schema_ready = False
         # PostgreSQL waits: one LISTEN connection, pumped by whichever waiting thread
@@ -250,7 +148,7 @@ class SQLResultBackend(ResultBackend):
         self._waiters: dict[str, set[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
         self._is_mysql = not (self._is_pg or self._is_sqlite)
-        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        self._dbapi_error = self.db.dbapi_error
         self._build_sql()
 
     # -- plumbing ----------------------------------------------------------------
@@ -258,53 +156,35 @@ class SQLResultBackend(ResultBackend):
     @property
     def engine(self) -> Engine:
         """The SQLAlchemy engine, rebuilt in a forked child."""
-        if os.getpid() != self._pid:
-            with self._lock:
-                if os.getpid() != self._pid:
-                    self._engine.dispose(close=False)  # the parent's connections stay its own
-                    self._listener = None
-                    # Kept referenced, never used: closing (or collecting) a SQLite
-                    # handle in a child can disturb the parent's locks.
-                    self._inherited.extend(self._thread_connections)
-                    self._thread_connections = []
-                    self._local = threading.local()
-                    self._pid = os.getpid()
-        return self._engine
+        return self.db.engine
 
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
-            detail = getattr(exc, "orig", None) or exc
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(detail).__name__}: "
-                    f"{detail}{_hint(detail)}"
-                )
-            ) from exc
+    def _forget_listener(self) -> None:
+        # In a forked child: the LISTEN connection is the parent's to close and
+        # listens for the parent only; the waiters are the parent's threads, and a
+        # lock one of them held at the fork would stay held here for ever.
+        self._listener = None
+        self._listener_active = False
+        self._listener_lock = threading.Lock()
+        self._waiters = {}
+        self._waiters_lock = threading.Lock()
+        self._lock = threading.RLock()
 
-    @contextlib.contextmanager
-    def _write(self, action: str) -> Iterator[Connection]:
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return self.db.errors(action)
+
+    def _write(self, action: str) -> contextlib.AbstractContextManager[Connection]:
         self.ensure_schema()
-        with self._errors(action), self.engine.begin() as conn:
-            yield conn
+        return self.db.write(action)
 
-    @contextlib.contextmanager
-    def _read(self, action: str) -> Iterator[Connection]:
+    def _read(self, action: str) -> contextlib.AbstractContextManager[Connection]:
         self.ensure_schema()
-        with self._errors(action), self.engine.connect() as conn:
-            conn.execution_options(polyq_read_only=True)
-            with conn.begin():
-                yield conn
+        return self.db.read(action)
 
     def describe(self) -> str:
         """The URL with its password hidden (for SQLite, the absolute path of the
         file, so that processes started in different directories can compare),
         and the table prefix."""
-        target = self._engine.url
-        where = f"sqlite:///{target.database}" if self._is_sqlite else redact(self.url)
-        return f"{where} (tables {self.prefix}*)"
+        return self.db.describe()
 
     def _check_key(self, key: str) -> None:
         if len(key) > _KEY_LENGTH:
@@ -349,7 +229,7 @@ class SQLResultBackend(ResultBackend):
             ).scalar()
             if found is None:
                 conn.execute(
-                    _insert_ignore(self.dialect, meta),
+                    insert_ignore(self.dialect, meta),
                     {"name": "backend_schema_version", "value": str(SCHEMA_VERSION)},
                 )
             elif int(found) > SCHEMA_VERSION:
@@ -428,86 +308,9 @@ class SQLResultBackend(ResultBackend):
             )
 
     def _raw(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
-        """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
-        SQLite reads of one statement run in autocommit), committed on exit; driver
-        errors become :class:`BrokerError`, a broken connection leaves the pool."""
+        """A DBAPI cursor in a transaction (see :meth:`SQLDatabase.cursor`)."""
         self.ensure_schema()
-        if self._is_sqlite:
-            return self._raw_sqlite(action, write)
-        return self._raw_pooled(action)
-
-    @contextlib.contextmanager
-    def _raw_sqlite(self, action: str, write: bool) -> Iterator[Any]:
-        # One kept connection per thread: a pool checkout and return cost more than
-        # the statement of a get (as in the transport).
-        conn = self._thread_connection(action)
-        cursor = conn.cursor()
-        try:
-            if write:
-                cursor.execute("BEGIN IMMEDIATE")
-            yield cursor
-            if write:
-                conn.commit()
-        except self._dbapi_error as exc:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
-                )
-            ) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
-        finally:
-            cursor.close()
-
-    def _thread_connection(self, action: str) -> Any:
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
-            engine = self.engine  # rebuilt after fork; so are these connections
-            cargs, cparams = engine.dialect.create_connect_args(engine.url)
-            try:
-                conn = engine.dialect.connect(*cargs, **cparams)
-                _sqlite_setup(conn, self._busy_ms, self._synchronous)
-            except self._dbapi_error as exc:
-                raise BrokerError(
-                    redact(f"{action} failed on {self.describe()}: {exc}{_hint(exc)}")
-                ) from exc
-            local.conn, local.pid = conn, os.getpid()
-            with self._lock:
-                self._thread_connections.append(conn)
-        return local.conn
-
-    @contextlib.contextmanager
-    def _raw_pooled(self, action: str) -> Iterator[Any]:
-        with self._errors(action):
-            conn = self.engine.raw_connection()
-        cursor = None
-        try:
-            cursor = conn.cursor()
-            yield cursor
-            conn.commit()
-        except self._dbapi_error as exc:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            if self.engine.dialect.is_disconnect(cast(Any, exc), conn.dbapi_connection, cursor):
-                conn.invalidate(exc)
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
-                )
-            ) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
-        finally:
-            if cursor is not None:
-                with contextlib.suppress(Exception):
-                    cursor.close()
-            conn.close()
+        return self.db.cursor(action, write)
 
     def _retrying(self, action: str, work: Any) -> Any:
         """Run ``work(cursor)`` in a write transaction, again if the database chose it
@@ -518,7 +321,7 @@ class SQLResultBackend(ResultBackend):
                 with self._raw(action) as cursor:
                     return work(cursor)
             except BrokerError as exc:
-                if attempt == 2 or not _is_deadlock(exc.__cause__):
+                if attempt == 2 or not is_deadlock(exc.__cause__):
                     raise
         raise AssertionError("unreachable")
 
@@ -661,6 +464,7 @@ class SQLResultBackend(ResultBackend):
         ``max_poll_interval``."""
         if not self._listen:
             return self._poll(key, timeout)
+        self.db.check_fork()  # before the waiter tables are touched (see _forget_listener)
         deadline = time.monotonic() + timeout
         event = threading.Event()
         with self._waiters_lock:
@@ -780,44 +584,4 @@ class SQLResultBackend(ResultBackend):
     def close(self) -> None:
         """Close the pooled and listening connections (idempotent)."""
         self._drop_listener()
-        if os.getpid() == self._pid:
-            with self._lock:
-                connections, self._thread_connections = self._thread_connections, []
-            for conn in connections:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._engine.dispose()
-        self._local = threading.local()
-
-
-def _insert_ignore(dialect: str, table: sa.Table) -> Any:
-    """``INSERT`` that silently skips a row whose primary key exists."""
-    if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    if dialect == "postgresql":
-        return pg.insert(table).on_conflict_do_nothing()
-    return sa.insert(table).prefix_with("IGNORE")
-
-
-def _hint(exc: object) -> str:
-    """How to fix the commonest failures, appended to the error message."""
-    text = str(exc).lower()
-    if "database is locked" in text:
-        return (
-            " (another process held the SQLite write lock longer than busy_timeout; raise"
-            " the busy_timeout option, keep transactions short, or use PostgreSQL)"
-        )
-    if "unable to open database file" in text:
-        return " (check that the directory exists and is writable by this user)"
-    if ("connection refused" in text or "can't connect" in text) and "server running" not in text:
-        return " (is the database server running and listening at that address?)"
-    if ("does not exist" in text and "database" in text) or "unknown database" in text:
-        return " (create the database first; polyq creates only its tables)"
-    if "password authentication failed" in text or "access denied" in text:
-        return " (check the user name and password in the URL)"
-    return ""
-
-
-def _is_deadlock(exc: BaseException | None) -> bool:
-    code = getattr(exc, "sqlstate", None) or (getattr(exc, "args", None) or [None])[0]
-    return code in ("40P01", 1213)
+        self.db.close()

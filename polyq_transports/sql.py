@@ -147,7 +147,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import sqlalchemy as sa
@@ -169,7 +169,17 @@ from polyq.transport import (
 )
 from polyq.url import redact
 
-__all__ = ["SCHEMA_VERSION", "SQLSubscription", "SQLTransport"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLDatabase",
+    "SQLSubscription",
+    "SQLTransport",
+    "build_engine",
+    "engine_url",
+    "insert_ignore",
+    "is_deadlock",
+    "table_prefix",
+]
 
 #: Version of the tables this module reads and writes (``<prefix>meta``).
 SCHEMA_VERSION = 2
@@ -288,7 +298,8 @@ def _sqlite_setup(dbapi_conn: Any, busy_ms: int, synchronous: str) -> None:
     cursor.close()
 
 
-def _prefix(options: Mapping[str, Any]) -> str:
+def table_prefix(options: Mapping[str, Any]) -> str:
+    """The ``table_prefix`` option, checked to be usable in table names."""
     prefix = str(options.get("table_prefix", "polyq_"))
     if not _PREFIX.fullmatch(prefix):
         raise ConfigurationError(
@@ -393,6 +404,205 @@ class _Tables:
         )
 
 
+class SQLDatabase:
+    """One SQL database as the SQL transport and the SQL result backend use it.
+
+    Each plugin holds one (composition: the plugins share this plumbing, not a base
+    class). It owns the engine, rebuilt in a forked child, whose copies of the
+    parent's connections are kept but never used or closed; on SQLite, one kept
+    connection per thread, because a pool checkout and return cost more than the
+    statements of a receive or a get; transactions as SQLAlchemy connections or as
+    raw DBAPI cursors; and driver errors turned into :class:`BrokerError` naming the
+    database and the fix for the commonest failures. Schema handling stays with the
+    plugins.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        options: Mapping[str, Any],
+        prefix: str,
+        on_fork: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._engine = build_engine(url, options)
+        self.dialect: str = self._engine.dialect.name  # sqlite, postgresql, mysql, mariadb
+        self.is_pg = self.dialect == "postgresql"
+        self.is_sqlite = self.dialect == "sqlite"
+        #: The driver's base exception class (sqlite3, psycopg or PyMySQL).
+        self.dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
+        self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
+        self._on_fork = on_fork
+        self._local = threading.local()  # SQLite: this thread's connection
+        self._thread_connections: list[Any] = []
+        self._inherited: list[Any] = []  # a forked child's copies of the parent's
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, rebuilt in a forked child (connections are never
+        shared across ``fork``; see :meth:`check_fork`)."""
+        self.check_fork()
+        return self._engine
+
+    def check_fork(self) -> None:
+        """In a forked child, on first use: drop the parent's pool and thread
+        connections, then run ``on_fork`` so the plugin forgets its own (a LISTEN
+        connection, waiters of the parent's threads)."""
+        if os.getpid() != self._pid:
+            with self._lock:
+                if os.getpid() != self._pid:
+                    # close=False: the parent's connections are the parent's to close.
+                    self._engine.dispose(close=False)
+                    # Kept referenced, never used: closing (or collecting) a SQLite
+                    # handle in a child can disturb the parent's locks.
+                    self._inherited.extend(self._thread_connections)
+                    self._thread_connections = []
+                    self._local = threading.local()
+                    self._pid = os.getpid()
+                    if self._on_fork is not None:
+                        self._on_fork()
+
+    def describe(self) -> str:
+        """The URL with its password hidden (for SQLite, the absolute path of the
+        file, so that processes started in different directories can compare),
+        and the table prefix."""
+        target = self._engine.url
+        where = f"sqlite:///{target.database}" if self.is_sqlite else redact(self.url)
+        return f"{where} (tables {self.prefix}*)"
+
+    @contextlib.contextmanager
+    def errors(self, action: str) -> Iterator[None]:
+        """Turn SQLAlchemy's driver errors inside the block into :class:`BrokerError`."""
+        try:
+            yield
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
+            detail = getattr(exc, "orig", None) or exc
+            raise BrokerError(
+                redact(
+                    f"{action} failed on {self.describe()}: {type(detail).__name__}: "
+                    f"{detail}{_hint(detail)}"
+                )
+            ) from exc
+
+    def _failed(self, action: str, exc: Exception) -> BrokerError:
+        return BrokerError(
+            redact(f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}")
+        )
+
+    @contextlib.contextmanager
+    def write(self, action: str) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on exit."""
+        with self.errors(action), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self, action: str) -> Iterator[Connection]:
+        """A read-only transaction (no write lock on SQLite)."""
+        with self.errors(action), self.engine.connect() as conn:
+            conn = conn.execution_options(polyq_read_only=True)
+            with conn.begin():
+                yield conn
+
+    def cursor(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
+        reads there are single statements in autocommit), committed on exit, rolled
+        back on error; driver errors become :class:`BrokerError` and a broken
+        connection is dropped from the pool."""
+        if self.is_sqlite:
+            return self._sqlite_cursor(action, write)
+        return self._pooled_cursor(action)
+
+    @contextlib.contextmanager
+    def _sqlite_cursor(self, action: str, write: bool) -> Iterator[Any]:
+        # Opening a file is cheap and never fails for a reason a retry would fix, so
+        # there is nothing to invalidate.
+        conn = self._thread_connection(action)
+        cursor = conn.cursor()
+        try:
+            if write:
+                cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            if write:
+                conn.commit()
+        except self.dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise self._failed(action, exc) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def _thread_connection(self, action: str) -> Any:
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid() and local.conn is not None:
+            return local.conn
+        conn = self.connect(action)  # after a fork, the engine is rebuilt first
+        try:
+            _sqlite_setup(conn, self._busy_ms, self._synchronous)
+        except self.dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise self._failed(action, exc) from exc
+        local = self._local  # a fresh one if connect() found a fork
+        local.conn, local.pid = conn, os.getpid()
+        with self._lock:
+            self._thread_connections.append(conn)
+        return conn
+
+    def connect(self, action: str) -> Any:
+        """A new DBAPI connection of the plugin's own, outside the pool (SQLite's
+        thread connections, PostgreSQL's LISTEN connections); the caller closes it."""
+        engine = self.engine
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        try:
+            return engine.dialect.connect(*cargs, **cparams)
+        except self.dbapi_error as exc:
+            raise self._failed(action, exc) from exc
+
+    @contextlib.contextmanager
+    def _pooled_cursor(self, action: str) -> Iterator[Any]:
+        with self.errors(action):
+            conn = self.engine.raw_connection()
+        cursor = None
+        try:
+            cursor = conn.cursor()
+            yield cursor
+            conn.commit()
+        except self.dbapi_error as exc:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            if self.engine.dialect.is_disconnect(cast(Any, exc), conn.dbapi_connection, cursor):
+                conn.invalidate(exc)
+            raise self._failed(action, exc) from exc
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+            conn.close()
+
+    def close(self) -> None:
+        """Close this process's thread connections and the pool (idempotent)."""
+        if os.getpid() == self._pid:
+            with self._lock:
+                connections, self._thread_connections = self._thread_connections, []
+            for conn in connections:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._engine.dispose()
+        self._local = threading.local()
+
+
 class SQLTransport(Transport):
     """A transport on a SQL database (SQLite, PostgreSQL, MySQL/MariaDB); see the
     module docstring for the design."""
@@ -417,32 +627,26 @@ class SQLTransport(Transport):
             raise ConfigurationError(
                 f"visibility_timeout={self.visibility_timeout}: must be > 0 seconds"
             )
-        self.prefix = _prefix(options)
-        self._engine = build_engine(url, options)
-        self.dialect = self._engine.dialect.name  # sqlite, postgresql, mysql, mariadb
-        self._is_pg = self.dialect == "postgresql"
-        self._is_sqlite = self.dialect == "sqlite"
+        self.prefix = table_prefix(options)
+        self.db = SQLDatabase(url, options, self.prefix, on_fork=self._forget_listener)
+        self.dialect = self.db.dialect
+        self._is_pg = self.db.is_pg
+        self._is_sqlite = self.db.is_sqlite
         # Partial indexes (see _Tables); without them, due rows are found per state.
         self._partial = self._is_pg or self._is_sqlite
         self._probes = 2 if self._partial else 3  # per queue in _sql_next_due
-        self._busy_ms = int(float(options.get("busy_timeout", 30.0)) * 1000)
-        self._synchronous = str(options.get("synchronous", "NORMAL")).upper()
-        self._local = threading.local()  # SQLite: this thread's connection
-        self._thread_connections: list[Any] = []
-        self._inherited: list[Any] = []  # a forked child's copies of the parent's
         default_poll = 1.0 if self._is_pg else 0.1
         self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
         self.broadcast_ttl = float(options.get("broadcast_ttl", 60.0))
         # LISTEN needs psycopg 3 (postgresql+psycopg2:// URLs simply poll).
         self._listen = (
             self._is_pg
-            and self._engine.dialect.driver == "psycopg"
+            and self.db.engine.dialect.driver == "psycopg"
             and bool(options.get("listen", True))
         )
         self.tables = _Tables(self.prefix)
         self._notify_channel = f"{self.prefix}messages"
         self._broadcast_channel = f"{self.prefix}broadcast"
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._schema_ready = False
         self._known_queues: set[str] = set()
@@ -453,7 +657,7 @@ class SQLTransport(Transport):
         self._last_drain = 0.0
         self._t = self.tables.messages.name
         self._sql_cache: dict[tuple[Any, ...], str] = {}
-        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
+        self._dbapi_error = self.db.dbapi_error
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -461,59 +665,32 @@ class SQLTransport(Transport):
     def engine(self) -> Engine:
         """The SQLAlchemy engine, rebuilt in a forked child (connections are never
         shared across ``fork``)."""
-        if os.getpid() != self._pid:
-            with self._lock:
-                if os.getpid() != self._pid:
-                    # close=False: the parent's connections are the parent's to close.
-                    self._engine.dispose(close=False)
-                    self._listener = None
-                    # Kept referenced, never used: closing (or collecting) a SQLite
-                    # handle in a child can disturb the parent's locks.
-                    self._inherited.extend(self._thread_connections)
-                    self._thread_connections = []
-                    self._local = threading.local()
-                    self._pid = os.getpid()
-        return self._engine
+        return self.db.engine
 
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
-            detail = getattr(exc, "orig", None) or exc
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(detail).__name__}: "
-                    f"{detail}{_hint(detail)}"
-                )
-            ) from exc
+    def _forget_listener(self) -> None:
+        # In a forked child: the LISTEN connection is the parent's to close, and a
+        # parent thread waiting on it at the fork would leave its lock held for ever.
+        self._listener = None
+        self._listener_lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def _write(self, action: str) -> Iterator[Connection]:
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return self.db.errors(action)
+
+    def _write(self, action: str) -> contextlib.AbstractContextManager[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on exit."""
         self.ensure_schema()
-        with self._errors(action), self.engine.begin() as conn:
-            yield conn
+        return self.db.write(action)
 
-    @contextlib.contextmanager
-    def _read(self, action: str) -> Iterator[Connection]:
+    def _read(self, action: str) -> contextlib.AbstractContextManager[Connection]:
         """A read-only transaction (no write lock on SQLite)."""
         self.ensure_schema()
-        with (
-            self._errors(action),
-            self.engine.connect() as conn,
-        ):
-            conn = conn.execution_options(polyq_read_only=True)
-            with conn.begin():
-                yield conn
+        return self.db.read(action)
 
     def describe(self) -> str:
         """The URL with its password hidden (for SQLite, the absolute path of the
         file, so that processes started in different directories can compare),
         and the table prefix."""
-        target = self._engine.url
-        where = f"sqlite:///{target.database}" if self._is_sqlite else redact(self.url)
-        return f"{where} (tables {self.prefix}*)"
+        return self.db.describe()
 
     # -- schema ------------------------------------------------------------------
 
@@ -716,88 +893,9 @@ class SQLTransport(Transport):
         return " UNION ALL ".join(probes * queues)
 
     def _raw(self, action: str, write: bool = True) -> contextlib.AbstractContextManager[Any]:
-        """A DBAPI cursor in a transaction (``BEGIN IMMEDIATE`` on SQLite for writes;
-        reads there are single statements in autocommit), committed on exit, rolled
-        back on error; driver errors become :class:`BrokerError` and a broken
-        connection is dropped from the pool."""
+        """A DBAPI cursor in a transaction (see :meth:`SQLDatabase.cursor`)."""
         self.ensure_schema()
-        if self._is_sqlite:
-            return self._raw_sqlite(action, write)
-        return self._raw_pooled(action)
-
-    @contextlib.contextmanager
-    def _raw_sqlite(self, action: str, write: bool) -> Iterator[Any]:
-        # SQLite: one connection per thread, kept (a pool checkout and return cost
-        # more than the statements of a receive). Opening a file is cheap and never
-        # fails for a reason a retry would fix, so there is nothing to invalidate.
-        conn = self._thread_connection(action)
-        cursor = conn.cursor()
-        try:
-            if write:
-                cursor.execute("BEGIN IMMEDIATE")
-            yield cursor
-            if write:
-                conn.commit()
-        except self._dbapi_error as exc:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
-                )
-            ) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
-        finally:
-            cursor.close()
-
-    def _thread_connection(self, action: str) -> Any:
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid() or local.conn is None:
-            engine = self.engine  # rebuilt after fork; so are these connections
-            cargs, cparams = engine.dialect.create_connect_args(engine.url)
-            try:
-                conn = engine.dialect.connect(*cargs, **cparams)
-                _sqlite_setup(conn, self._busy_ms, self._synchronous)
-            except self._dbapi_error as exc:
-                raise BrokerError(
-                    redact(f"{action} failed on {self.describe()}: {exc}{_hint(exc)}")
-                ) from exc
-            local.conn, local.pid = conn, os.getpid()
-            with self._lock:
-                self._thread_connections.append(conn)
-        return local.conn
-
-    @contextlib.contextmanager
-    def _raw_pooled(self, action: str) -> Iterator[Any]:
-        with self._errors(action):
-            conn = self.engine.raw_connection()
-        cursor = None
-        try:
-            cursor = conn.cursor()
-            yield cursor
-            conn.commit()
-        except self._dbapi_error as exc:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            if self.engine.dialect.is_disconnect(cast(Any, exc), conn.dbapi_connection, cursor):
-                conn.invalidate(exc)
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}"
-                )
-            ) from exc
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
-        finally:
-            if cursor is not None:
-                with contextlib.suppress(Exception):
-                    cursor.close()
-            conn.close()
+        return self.db.cursor(action, write)
 
     # -- producing -----------------------------------------------------------------
 
@@ -938,7 +1036,7 @@ class SQLTransport(Transport):
             except BrokerError as exc:
                 # SKIP LOCKED keeps claimers apart, but InnoDB may still pick a
                 # deadlock victim (1213) between a promotion and a claim: try again.
-                if attempt == 2 or not _is_deadlock(exc.__cause__):
+                if attempt == 2 or not is_deadlock(exc.__cause__):
                     raise
         # Decoded after the commit: the write lock (SQLite) is held no longer than needed.
         return [self._delivery(row) for row in rows]
@@ -1272,14 +1370,7 @@ class SQLTransport(Transport):
     def close(self) -> None:
         """Close the pooled connections (idempotent)."""
         self._drop_listener()
-        if os.getpid() == self._pid:
-            with self._lock:
-                connections, self._thread_connections = self._thread_connections, []
-            for conn in connections:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            self._engine.dispose()
-        self._local = threading.local()
+        self.db.close()
 
 
 class SQLSubscription(Subscription):
@@ -1302,14 +1393,7 @@ class SQLSubscription(Subscription):
         self._listener: Any = None
         if transport._listen:
             # LISTEN before reading the floor: no broadcast slips in between.
-            engine = transport.engine
-            cargs, cparams = engine.dialect.create_connect_args(engine.url)
-            try:
-                self._listener = engine.dialect.connect(*cargs, **cparams)
-            except transport._dbapi_error as exc:
-                raise BrokerError(
-                    redact(f"subscribing failed on {transport.describe()}: {exc}")
-                ) from exc
+            self._listener = transport.db.connect("subscribing")
             self._listener.autocommit = True
             self._listener.execute(f'LISTEN "{transport._broadcast_channel}"')
         b = transport.tables.broadcast
@@ -1398,7 +1482,9 @@ def _hint(exc: object) -> str:
     return ""
 
 
-def _is_deadlock(exc: BaseException | None) -> bool:
+def is_deadlock(exc: BaseException | None) -> bool:
+    """Whether a driver error is a deadlock the database resolved by aborting us
+    (PostgreSQL 40P01, MySQL/MariaDB 1213): the transaction can simply run again."""
     code = getattr(exc, "sqlstate", None) or (getattr(exc, "args", None) or [None])[0]
     return code in ("40P01", 1213)
 
@@ -1420,7 +1506,7 @@ def _fence_params(deliveries: Sequence[Delivery]) -> list[Any]:
     return [p[0] for p in pairs] + [v for p in pairs for v in p]
 
 
-def _insert_ignore(dialect: str, table: sa.Table) -> Any:
+def insert_ignore(dialect: str, table: sa.Table) -> Any:
     """``INSERT`` that silently skips rows whose primary key exists."""
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()

@@ -131,3 +131,35 @@ def test_backend_survives_fork(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert b.get("k") == b"child"
     b.close()
+
+
+def test_forked_child_listens_for_itself_while_a_parent_thread_waits() -> None:
+    # A child forked while a parent thread waits (LISTEN active on the parent's
+    # connection) must LISTEN on a connection of its own: with a 5 s poll, only a
+    # NOTIFY reaching the child can end its 3 s wait with the value.
+    url = services.postgres_url()
+    prefix = f"pqb{uuid.uuid4().hex[:8]}_"
+    b = create_backend(url, table_prefix=prefix, max_poll_interval=5)
+    writer = create_backend(url, table_prefix=prefix)
+    assert isinstance(b, SQLResultBackend)
+    try:
+        b.get("warm-up")  # tables created first
+        parent_wait = threading.Thread(target=b.wait, args=("never-set", 2.0))
+        parent_wait.start()
+        time.sleep(0.2)  # the parent thread is LISTENing now
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if b.wait("for-child", 3.0) == b"done" else 2
+            finally:
+                os._exit(code)
+        time.sleep(0.3)
+        writer.set("for-child", b"done")
+        _, status = os.waitpid(pid, 0)
+        parent_wait.join()
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's wait missed the NOTIFY"
+    finally:
+        b.drop_schema()
+        b.close()
+        writer.close()

@@ -624,7 +624,7 @@ def test_sqlite_runs_in_wal_mode_and_writes_begin_immediate(tmp_path: Path) -> N
     assert isinstance(t, SQLTransport)
     t.size("q")
     statements: list[str] = []
-    conn = t._thread_connection("test")  # the connection this thread's calls use
+    conn = t.db._thread_connection("test")  # the connection this thread's calls use
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
     conn.set_trace_callback(statements.append)
