@@ -594,6 +594,8 @@ class Polyq:
 
     def canvas_on_success(self, task: Task, message: TaskMessage, retval: Any) -> None:
         """Send ``link`` callbacks (and what follows in a chain) after a success."""
+        if not message.options:
+            return  # nothing linked or chained: most tasks, and no import per task
         from polyq.canvas import on_success
 
         on_success(self, task, message, retval)

@@ -450,3 +450,156 @@ def test_acks_in_any_order_and_grouping_settle_exactly_what_was_acked(
     other = connect()
     assert other.receive([queue], 10, 1.0) == [], "an acked message came back"
     assert other.size(queue) == 0
+
+
+# -- reading deliveries without pika's frame objects ----------------------------------
+
+
+def _wire(
+    channel: int,
+    body: bytes,
+    props: pika.BasicProperties,
+    *,
+    tag: int = 7,
+    consumer_tag: str = "ctag-1",
+    redelivered: bool = False,
+    frame_max: int = 131072,
+) -> bytes:
+    """A delivery as RabbitMQ writes it: method, content header, body frames."""
+    from pika import frame, spec
+
+    deliver = spec.Basic.Deliver(consumer_tag, tag, redelivered, "", "q")
+    out = [
+        frame.Method(channel, deliver).marshal(),
+        frame.Header(channel, len(body), props).marshal(),
+    ]
+    step = frame_max - 8
+    out += [frame.Body(channel, body[i : i + step]).marshal() for i in range(0, len(body), step)]
+    return b"".join(out)
+
+
+_PROPS = [
+    pika.BasicProperties(
+        delivery_mode=2, message_id="m1", priority=4, headers={"polyq": "1", "task": "t.add"}
+    ),
+    pika.BasicProperties(message_id="m2"),  # no headers, no priority
+    # Every field polyq skips, around the ones it reads; headers of other types.
+    pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"s": "é", "n": 5, "raw": b"\xff\xfe", "x-polyq-deliveries": 3, "f": {"a": 1}},
+        delivery_mode=2,
+        priority=9,
+        correlation_id="corr",
+        reply_to="amq.rabbitmq.reply-to",
+        expiration="60000",
+        message_id="m3",
+        timestamp=1_700_000_000,
+        type="kind",
+        user_id="guest",
+        app_id="app",
+    ),
+]
+
+
+@pytest.mark.parametrize("props", _PROPS)
+@pytest.mark.parametrize("body", [b"", b"{}", bytes(range(256)) * 1000])
+def test_a_delivery_reads_as_pika_reads_it(props: pika.BasicProperties, body: bytes) -> None:
+    from pika import frame
+
+    from polyq_transports.rabbitmq import _decode_delivery
+
+    wire = _wire(3, body, props, frame_max=4096)  # the big body spans many frames
+    taken: list[tuple] = []
+
+    def take(*args: object) -> bool:
+        taken.append(args)
+        return True
+
+    assert _decode_delivery(wire, 0, len(wire), 3, take) == len(wire)
+    # pika, frame by frame, on the same bytes:
+    pos, frames = 0, []
+    while pos < len(wire):
+        used, value = frame.decode_frame(wire[pos:])
+        frames.append(value)
+        pos += used
+    method, header = frames[0].method, frames[1].properties
+    expected = (
+        method.consumer_tag,
+        method.delivery_tag,
+        header.headers or {},
+        header.message_id or "",
+        header.priority or 0,
+        b"".join(f.fragment for f in frames[2:]),
+    )
+    assert taken == [expected]
+
+
+def test_what_is_not_a_plain_whole_delivery_is_left_to_pika() -> None:
+    from polyq_transports.rabbitmq import _decode_delivery
+
+    def take(*args: object) -> bool:
+        raise AssertionError("taken")
+
+    props = _PROPS[0]
+    wire = _wire(3, b"body", props)
+    assert _decode_delivery(_wire(3, b"b", props, redelivered=True), 0, 999, 3, take) == 0
+    method_end = len(wire) - len(b"body") - 8 - len(pika.frame.Header(3, 4, props).marshal())
+    for cut in range(method_end, len(wire)):  # the rest is still on its way: wait for it
+        assert _decode_delivery(wire[:cut], 0, cut, 3, take) == -1, cut
+    assert _decode_delivery(wire, 0, len(wire), 4, take) == 0  # content on another channel
+    broken = wire[:-1] + b"\x00"  # a bad frame-end octet
+    assert _decode_delivery(broken, 0, len(broken), 3, take) == 0
+    assert _decode_delivery(wire, 0, len(wire), 3, lambda *a: False) == 0  # refused
+
+
+def test_the_connection_reads_fast_and_slow_frames_in_order_from_any_split() -> None:
+    # Deliveries the fast path takes and frames it leaves to pika (a heartbeat, a
+    # redelivery, a refused consumer) must come out in wire order, whatever the
+    # socket reads cut, with every byte counted for the heartbeat checker.
+    from pika import frame
+
+    from polyq_transports.rabbitmq import _Connection
+
+    props = _PROPS[0]
+    stream = [
+        ("fast", _wire(3, b"one", props, tag=1)),
+        ("pika", frame.Heartbeat().marshal()),
+        ("pika", _wire(3, b"two", props, tag=2, redelivered=True)),
+        ("fast", _wire(3, b"three" * 5000, props, tag=3, frame_max=4096)),
+        ("pika", _wire(3, b"four", props, tag=4, consumer_tag="cancelled")),
+        ("fast", _wire(3, b"", props, tag=5)),
+    ]
+    wire = b"".join(chunk for _, chunk in stream)
+    for split in (1, 7, 100, 4096, len(wire)):
+        seen: list[tuple[str, object]] = []
+        conn = _Connection.__new__(_Connection)
+        conn._frame_buffer = b""
+        conn.bytes_received = 0
+
+        def take(ctag: str, tag: int, *rest: object, seen: list = seen) -> bool:
+            if ctag == "cancelled":
+                return False
+            seen.append(("fast", tag))
+            return True
+
+        def process(value: object, seen: list = seen) -> None:
+            method = getattr(value, "method", None)
+            seen.append(("pika", getattr(method, "delivery_tag", type(value).__name__)))
+
+        conn.deliveries = (3, take)
+        conn._process_frame = process  # type: ignore[method-assign]
+        for i in range(0, len(wire), split):
+            conn._on_data_available(wire[i : i + split])
+        fast = [tag for kind, tag in seen if kind == "fast"]
+        assert fast == [1, 3, 5], split  # a delivery cut by a read waits for its rest
+        assert [tag for _, tag in seen if tag in (1, 2, 3, 4, 5, "Heartbeat")] == [
+            1,
+            "Heartbeat",
+            2,
+            3,
+            4,
+            5,
+        ], split
+        assert conn.bytes_received == len(wire)
+        assert conn._frame_buffer == b""
