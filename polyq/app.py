@@ -67,6 +67,18 @@ def shared_task(*args: Any, **options: Any) -> Any:
     return decorate
 
 
+#: Task attributes ``task_annotations`` may not set: identity, not behaviour.
+_NOT_ANNOTATABLE = frozenset({"name", "app", "bind", "run"})
+_ANNOTATABLE = sorted(
+    k
+    for k in vars(Task)
+    if not k.startswith("_")
+    and k not in _NOT_ANNOTATABLE
+    and not callable(getattr(Task, k))
+    and not isinstance(vars(Task)[k], property)
+)
+
+
 class Polyq:
     """A polyq application.
 
@@ -159,13 +171,59 @@ class Polyq:
                         raise
 
     def finalize(self) -> None:
-        """Import configured modules (``imports``, ``include``) and autodiscovered ones."""
+        """Import configured modules (``imports``, ``include``) and autodiscovered
+        ones, and apply ``task_annotations`` to every task. Runs once, on first use:
+        a worker's start, the first ``app.tasks``, the first send of a task."""
         if self._finalized:
             return
         self._finalized = True
         for module in [*self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
         self._run_autodiscover()
+        for task in list(self._tasks.values()):
+            self._annotate(task)
+
+    def _annotate(self, task: Task) -> None:
+        """Set the attributes ``task_annotations`` gives ``task``: those for every
+        task (``"*"``) first, then those for its name or from ``annotate(task)``, so
+        the specific ones win (Celery applies ``"*"`` last)."""
+        annotations = self.conf.task_annotations
+        if not annotations:
+            return
+        many = isinstance(annotations, list | tuple)
+        every: list[tuple[str, dict[str, Any]]] = []
+        specific: list[tuple[str, dict[str, Any]]] = []
+        for i, entry in enumerate(annotations if many else [annotations]):
+            where = f"task_annotations[{i}]" if many else "task_annotations"
+            if isinstance(entry, dict):
+                if entry.get("*"):
+                    every.append((f"{where}['*']", dict(entry["*"])))
+                if entry.get(task.name):
+                    specific.append((f"{where}[{task.name!r}]", dict(entry[task.name])))
+            elif callable(getattr(entry, "annotate", None)):
+                values = entry.annotate(task)
+                if values:
+                    specific.append((f"{where}.annotate()", dict(values)))
+            else:
+                raise ConfigurationError(
+                    f"{where} is {entry!r}: give a dict of task name (or '*') to attributes, "
+                    "an object with annotate(task) returning such attributes, or a list of these"
+                )
+        cls = type(task)
+        for where, values in every + specific:
+            for key, value in values.items():
+                if key.startswith("@"):
+                    raise ConfigurationError(
+                        f"{where} wraps the method {key[1:]!r} of {task.name}: polyq does not "
+                        "wrap task methods from settings; subclass app.Task with the method "
+                        "and pass base= to @app.task"
+                    )
+                if key not in _ANNOTATABLE:
+                    raise ConfigurationError(
+                        f"{where} sets {key!r} on {task.name}, which is not a task option; "
+                        f"use one of: {', '.join(_ANNOTATABLE)}"
+                    )
+                setattr(cls, key, tuple(value) if key == "autoretry_for" else value)
 
     @property
     def broker_url(self) -> str:
@@ -308,6 +366,7 @@ class Polyq:
         cls = type(fun.__name__, (base,), attrs)
         task = cast(Task, cls())
         self._tasks[name] = task
+        self._annotate(task)
         return task
 
     def _task_name(self, fun: Callable[..., Any]) -> str:
@@ -323,6 +382,7 @@ class Polyq:
             raise ValueError(f"{instance!r} has no name")
         type(instance).app = self
         self._tasks[instance.name] = instance
+        self._annotate(instance)
         return instance
 
     # -- sending ---------------------------------------------------------------

@@ -142,6 +142,7 @@ class Task:
         ``ignore_result``, ``retry``, ``retry_policy``, ``connection`` (publish in
         your own database transaction, SQL brokers). Runs locally when
         ``task_always_eager``."""
+        self.app.finalize()  # once: task_annotations may set this task's options
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task_type=self, **options)

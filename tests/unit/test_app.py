@@ -430,3 +430,90 @@ def test_rate_limit_spaces_calls() -> None:
             r.get(timeout=10)
     span = max(starts) - min(starts)
     assert span >= 0.4, f"6 calls at 10/s took only {span:.2f}s"
+
+
+# -- task_annotations --------------------------------------------------------------
+
+
+def test_annotations_for_every_task_then_for_one() -> None:
+    # The specific entry wins over "*", whichever comes first in a list.
+    app = make_app(
+        task_annotations=[
+            {"t.slow": {"rate_limit": "1/s", "max_retries": 7}},
+            {"*": {"rate_limit": "10/s", "acks_late": False}},
+        ]
+    )
+
+    @app.task(name="t.slow")
+    def slow() -> None: ...
+
+    @app.task(name="t.fast")
+    def fast() -> None: ...
+
+    assert (slow.rate_limit, slow.max_retries, slow.acks_late) == ("1/s", 7, False)
+    assert (fast.rate_limit, fast.max_retries, fast.acks_late) == ("10/s", 3, False)
+
+
+def test_annotation_objects_and_autoretry_for() -> None:
+    class Retrying:
+        def annotate(self, task: Task) -> dict[str, Any] | None:
+            if task.name.startswith("net."):
+                return {"autoretry_for": [OSError], "retry_backoff": True}
+            return None
+
+    app = make_app(task_annotations=Retrying())
+
+    @app.task(name="net.fetch")
+    def fetch() -> None: ...
+
+    @app.task(name="local.sum")
+    def local() -> None: ...
+
+    assert fetch.autoretry_for == (OSError,) and fetch.retry_backoff is True
+    assert local.autoretry_for == () and local.retry_backoff is False
+
+
+def test_annotations_set_after_the_tasks_apply_on_first_use() -> None:
+    app = make_app()
+
+    @app.task(name="t.report")
+    def report() -> int:
+        return 1
+
+    app.conf.task_annotations = {"t.report": {"queue": "reports", "ignore_result": True}}
+    report.delay()  # the first send finalizes the app: the message goes to "reports"
+    assert app.transport.size("reports") == 1
+    assert app.transport.size(app.conf.task_default_queue) == 0
+    assert report.ignore_result is True
+
+
+def test_annotations_reach_the_worker() -> None:
+    app = make_app(task_annotations={"*": {"rate_limit": "10/s"}})
+    starts: list[float] = []
+
+    @app.task
+    def limited() -> None:
+        starts.append(time.monotonic())
+
+    with start_worker(app, concurrency=4):
+        for r in [limited.delay() for _ in range(6)]:
+            r.get(timeout=10)
+    assert max(starts) - min(starts) >= 0.4
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({"*": {"rate_limt": "1/s"}}, r"task_annotations\['\*'\] sets 'rate_limt' on "),
+        ({"t.x": {"name": "other"}}, r"sets 'name' on t.x, which is not a task option"),
+        ({"t.x": {"delay": 1}}, r"sets 'delay' on t.x, which is not a task option"),
+        ({"t.x": {"@on_failure": print}}, r"wraps the method 'on_failure' of t.x"),
+        ([{"*": {}}, "t.x"], r"task_annotations\[1\] is 't.x'"),
+    ],
+)
+def test_bad_annotations_are_clear_errors(annotations: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        app = make_app(task_annotations=annotations)  # "*" meets polyq's own tasks here
+
+        @app.task(name="t.x")
+        def x() -> None: ...
