@@ -82,3 +82,42 @@ def test_solo_pool_cannot_grow(app: Polyq) -> None:
     worker = app.Worker(pool="solo", install_signal_handlers=False)
     with pytest.raises(NotImplementedError, match="one task at a time"):
         worker.pool.grow(1)
+
+
+def test_asyncio_pool_terminates_a_coroutine_and_only_it(app: Polyq) -> None:
+    import time
+
+    started: dict[int, threading.Event] = {i: threading.Event() for i in range(2)}
+    cleaned: list[int] = []
+
+    @app.task
+    async def long_nap(i: int) -> int:
+        started[i].set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append(i)  # cancellation runs the coroutine's finally blocks
+        return i
+
+    @app.task
+    async def short_nap(i: int) -> int:
+        await asyncio.sleep(1.0)
+        return i
+
+    with start_worker(app, pool="asyncio", concurrency=4):
+        doomed, other = long_nap.delay(0), short_nap.delay(7)
+        assert started[0].wait(10)
+        begun = time.monotonic()
+        doomed.revoke(terminate=True)
+        with pytest.raises(Exception, match="revoked"):
+            doomed.get(timeout=10)
+        assert time.monotonic() - begun < 5, "the coroutine was not cancelled"
+        assert doomed.state == states.REVOKED
+        assert cleaned == [0]
+        assert other.get(timeout=10) == 7  # the others run on
+        again = long_nap.delay(1)  # the pool goes on taking work
+        assert started[1].wait(10)
+        again.revoke(terminate=True)
+        with pytest.raises(Exception, match="revoked"):
+            again.get(timeout=10)
+        assert cleaned == [0, 1]
