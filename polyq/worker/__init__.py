@@ -249,14 +249,34 @@ class Worker:
 
     def stop(self, warm: bool = True) -> None:
         """Begin shutdown. Warm: take no more messages, give prefetched ones back at
-        once, let running tasks finish. Cold: stop now; running tasks are given back."""
+        once, let running tasks finish (for at most ``worker_soft_shutdown_timeout``
+        seconds when it is set, then cold). Cold: stop now; running tasks are given back."""
         if self._stop_consuming.is_set() and warm:
             warm = False  # a second request is cold, as with a second signal
+        elif warm:
+            limit = float(self.app.conf.worker_soft_shutdown_timeout or 0)
+            if limit > 0:
+                timer = threading.Timer(limit, self._soft_shutdown_expired, (limit,))
+                timer.daemon = True
+                timer.start()
         self._cold = not warm
         self._stop_consuming.set()
         threading.Thread(
             target=self._shutdown, args=(warm,), name="polyq-shutdown", daemon=True
         ).start()
+
+    def _soft_shutdown_expired(self, limit: float) -> None:
+        if self._stopped.is_set() or self._cold:
+            return
+        with self._cond:
+            running = len(self._held)
+        logger.warning(
+            "%d task(s) still running %.0f s into a warm shutdown "
+            "(worker_soft_shutdown_timeout): stopping them and giving their messages back",
+            running,
+            limit,
+        )
+        self.stop(warm=False)
 
     def _shutdown(self, warm: bool) -> None:
         if not warm and getattr(self, "_shutting_down", False):

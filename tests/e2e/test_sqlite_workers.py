@@ -153,6 +153,37 @@ def test_cold_shutdown_stops_now_and_gives_the_task_back(
     assert run["start"] - given_back < 2.0 + 1.0
 
 
+def test_a_warm_shutdown_longer_than_the_soft_timeout_turns_cold(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With worker_soft_shutdown_timeout, one TERM waits that long for running tasks,
+    then stops them and gives their messages back (what a container's grace period
+    needs), instead of waiting until a SIGKILL."""
+    import signal
+
+    path = str(tmp_path / "runs.jsonl")
+    env = {**sqlite_env, "POLYQ_WORKER_SOFT_SHUTDOWN_TIMEOUT": "1"}
+    worker = WorkerProcess(E2E_APP, ["-Q", "load", "-c", "1"], env=env).start()
+    try:
+        result = record.delay(path, 6.0, "finished")
+        deadline = time.time() + 20
+        while not started(path, result.id) and time.time() < deadline:
+            time.sleep(0.05)
+        worker.signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        worker.wait(timeout=10)
+        waited = time.monotonic() - stopping
+        assert 0.8 < waited < 4, f"stopped after {waited:.1f} s, not about 1 s"
+        assert "worker_soft_shutdown_timeout" in worker.output()
+    finally:
+        worker.stop()
+    assert read_records(path) == []
+    with WorkerProcess(E2E_APP, ["-Q", "load", "-c", "1"], env=sqlite_env):
+        assert result.get(timeout=40) == "finished"
+    (run,) = read_records(path)
+    assert run["delivery_count"] == 2
+
+
 def test_max_tasks_per_child_recycles_children(sqlite_env: dict[str, str], tmp_path: Path) -> None:
     """With --max-tasks-per-child 2, each child process runs at most two tasks and is
     replaced; every task still runs once."""
