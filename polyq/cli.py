@@ -180,6 +180,8 @@ def worker(
         if embedded is not None:
             embedded.stop()
             embedded.join(10.0)
+    if w.failure:
+        raise click.ClickException(redact(w.failure))
 
 
 def _json_arg(value: str | None, kind: type, what: str) -> Any:

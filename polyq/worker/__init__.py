@@ -156,6 +156,8 @@ class Worker:
         self._stopped = threading.Event()
         self._cold = False
         self._consumer_waiting = False
+        #: Why the worker stopped by itself, if it did (the CLI exits 1 with it).
+        self.failure: str | None = None
         self._revoked: set[str] = set()
         self._buckets: dict[str, TokenBucket] = {}
         self._threads: list[threading.Thread] = []
@@ -210,7 +212,20 @@ class Worker:
     # -- running ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Run until a shutdown signal (or :meth:`stop`); blocks the calling thread."""
+        """Run until a shutdown signal (or :meth:`stop`); blocks the calling thread.
+        Returns at once, with :attr:`failure` set, if the broker cannot be reached and
+        ``broker_connection_retry_on_startup`` is false."""
+        if self.app.conf.broker_connection_retry_on_startup is False:
+            try:
+                self.transport.size(self.queues[0])  # any call that needs the broker
+            except Exception as exc:
+                self.failure = (
+                    f"cannot reach the broker at {self.transport.describe()} on start-up "
+                    f"({exc}), and broker_connection_retry_on_startup is false: not "
+                    "starting. Start the broker first, or leave the setting true to wait for it"
+                )
+                logger.critical("%s", self.failure)
+                return
         signals.worker_init.send(sender=self)
         self._load_revoked()
         if self.install_signal_handlers:

@@ -124,3 +124,37 @@ def test_demo_runs_well_under_fifteen_seconds(tmp_path: Path) -> None:
     assert "summary: 1 FAILURE, 39 SUCCESS" in out.stdout
     assert "flaky(7) -> 70 after 1 retry" in out.stdout
     assert elapsed < 15, f"demo took {elapsed:.1f}s"
+
+
+def test_a_worker_that_must_not_wait_for_its_broker_exits_with_why(project: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    env = {
+        "POLYQ_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "POLYQ_RESULT_BACKEND": f"sqlite:///{project}/results.sqlite3",
+        "POLYQ_BROKER_CONNECTION_RETRY_ON_STARTUP": "false",
+    }
+    started = time.monotonic()
+    out = polyq("-A", "cliapp", "worker", "-P", "solo", cwd=project, env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - started < 30
+    assert f"cannot reach the broker at redis://127.0.0.1:{port}/0" in out.stderr
+    assert "broker_connection_retry_on_startup is false" in out.stderr
+    # By default it waits for the broker instead (and is stopped here).
+    del env["POLYQ_BROKER_CONNECTION_RETRY_ON_STARTUP"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polyq", "-A", "cliapp", "worker", "-P", "solo"],
+        cwd=project,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=4)
+    finally:
+        proc.kill()
+        proc.wait(10)
