@@ -19,6 +19,9 @@ For every system:
    the result (first 20 dropped) → p50/p99 ms;
 4. the worker's process group gets SIGTERM (SIGKILL after 15 s).
 
+It also prints the CPU time per drained task of the worker (all its processes, its
+start-up included) and of the RabbitMQ node, read from ``/proc``.
+
 Peers come from a separate virtualenv, never polyq's dependencies::
 
     python -m venv --system-site-packages /tmp/benchvenv
@@ -328,6 +331,24 @@ def _pika_roundtrips(count: int) -> list[float]:
 # -- private servers --------------------------------------------------------------------------
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and every process below it, from /proc
+    (0.0 where /proc is missing); exited descendants are not counted."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text()
+                todo.extend(int(child) for child in children.split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -476,6 +497,7 @@ def run_system(
             stderr=sink,
             start_new_session=True,
         )
+        broker_cpu = _tree_cpu(rabbit.proc.pid)
         try:
             first_at, first_count, done = None, 0, 0
             progress_at, last = start, 0
@@ -492,6 +514,9 @@ def run_system(
                     raise RuntimeError(f"{name} stalled at {done}/{total} for 60 s:\n{_tail(log)}")
                 time.sleep(0.005)
             end = time.perf_counter()
+            # CPU per task while draining, the worker's start-up included.
+            figures["cpu_worker_us"] = _tree_cpu(worker.pid) / total * 1e6
+            figures["cpu_broker_us"] = (_tree_cpu(rabbit.proc.pid) - broker_cpu) / total * 1e6
             figures["drain"] = total / (end - start)
             assert first_at is not None
             figures["steady"] = (total - first_count) / max(end - first_at, 1e-9)
@@ -583,6 +608,9 @@ def _print(table: dict[str, dict[str, float]], args: argparse.Namespace) -> None
         if "pika" in table:
             ratio = p["enqueue_batch"] / table["pika"]["enqueue"]
             print(f"polyq confirmed batch enqueue / bare pika unconfirmed publish: x{ratio:.2f}")
+    print("\nCPU per task while draining (worker: all its processes, start-up included):")
+    for name, f in table.items():
+        print(f"  {name}: worker {f['cpu_worker_us']:.0f} us, RabbitMQ {f['cpu_broker_us']:.0f} us")
 
 
 if __name__ == "__main__":
