@@ -494,12 +494,17 @@ class _Connection(AsyncioConnection):  # type: ignore[misc]  # pika is untyped: 
         #: who takes the deliveries decoded on it (see :func:`_decode_delivery`).
         self.deliveries: tuple[int, DeliveryTaker] | None = None
         super().__init__(*args, **kwargs)
+        # The read path below uses pika internals (its read buffer and per-frame
+        # dispatch); a pika without them keeps its own path.
+        self._own_reads = isinstance(getattr(self, "_frame_buffer", None), bytes) and callable(
+            getattr(self, "_process_frame", None)
+        )
 
     def _on_data_available(self, data_in: bytes) -> None:
         """Read frames: plain deliveries on the consumer channel by
         :func:`_decode_delivery`, every other frame by pika, in order."""
         deliveries = self.deliveries
-        if deliveries is None:
+        if deliveries is None or not self._own_reads:
             super()._on_data_available(data_in)
             return
         channel, take = deliveries

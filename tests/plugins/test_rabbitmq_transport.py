@@ -575,6 +575,7 @@ def test_the_connection_reads_fast_and_slow_frames_in_order_from_any_split() -> 
         seen: list[tuple[str, object]] = []
         conn = _Connection.__new__(_Connection)
         conn._frame_buffer = b""
+        conn._own_reads = True
         conn.bytes_received = 0
 
         def take(ctag: str, tag: int, *rest: object, seen: list = seen) -> bool:
