@@ -528,8 +528,11 @@ def _spawned_child_main(
 
 
 def _readable(conn: Connection) -> bool:
-    # Connection.poll() builds and tears down a selector per call (~10 us).
-    return bool(select.select([conn.fileno()], (), (), 0)[0])
+    # Connection.poll() builds and tears down a selector per call (~10 us); a poll
+    # object is a plain allocation (and, unlike select(), takes any fd number).
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _unwatch(selector: selectors.BaseSelector, fds: tuple[int, int]) -> None:
