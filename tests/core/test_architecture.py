@@ -1,0 +1,153 @@
+"""The shape of the code base, checked: module sizes, what importing the plugin
+contract loads, and that no two ``polyq`` modules import each other, even through
+imports written inside functions.
+
+These are the promises ``docs/architecture.md`` makes to a newcomer; a change that
+breaks one fails here with the offending module or cycle named.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("polyq", "polyq_transports", "polyq_backends")
+MAX_LINES = 600
+#: How many ``polyq`` modules ``import polyq.transport`` may load (the contract and
+#: what it stands on, with ``polyq/__init__``).
+MAX_CONTRACT_MODULES = 6
+
+
+def _modules(package: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:
+    """Every module name an import statement anywhere in ``tree`` (functions included)
+    names, except those under ``if TYPE_CHECKING:``, which never run."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                if not is_package:
+                    anchor = anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules("polyq")
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        for target in _runtime_imports(tree, name, is_package):
+            if target not in modules:
+                continue
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first.
+            parts = target.split(".")
+            for depth in range(1, len(parts) + 1):
+                graph[name].add(".".join(parts[:depth]))
+        # A package's __init__ re-exporting its own children is not a cycle.
+        graph[name] = {
+            t for t in graph[name] if t != name and not (is_package and t.startswith(name + "."))
+        }
+        # Every module's ancestors run before it: those edges are implied, not written.
+        graph[name] -= {".".join(name.split(".")[:d]) for d in range(1, name.count(".") + 1)}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    counter = 0
+
+    def visit(node: str) -> None:
+        nonlocal counter
+        index[node] = low[node] = counter
+        counter += 1
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph.get(node, ())):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_over_600_lines() -> None:
+    too_long = {
+        str(path.relative_to(ROOT)): n
+        for package in PACKAGES
+        for path in _modules(package).values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not too_long, f"modules over {MAX_LINES} lines (split them by job): {too_long}"
+
+
+def test_contract_import_loads_little() -> None:
+    code = (
+        "import sys, json; import polyq.transport, polyq.backend; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'polyq')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    loaded = json.loads(out)
+    assert len(loaded) <= MAX_CONTRACT_MODULES, f"the contract loads {len(loaded)}: {loaded}"
+
+
+def test_no_import_cycle() -> None:
+    cycles = _cycles(_graph())
+    assert not cycles, "import cycles among polyq modules (imports in functions count): " + (
+        "; ".join(" <-> ".join(c) for c in cycles)
+    )
