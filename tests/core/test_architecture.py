@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("polyq", "polyq_transports", "polyq_backends")
+PACKAGES = ("polyq", "polyq_transports", "polyq_backends", "polyq_clients")
 MAX_LINES = 600
 #: How many ``polyq`` modules ``import polyq.transport`` may load (the contract and
 #: what it stands on, with ``polyq/__init__``).
