@@ -18,45 +18,10 @@ import click
 from polyq import states
 from polyq.app import Polyq
 from polyq.exceptions import PolyqError
+from polyq.loader import find_app
 from polyq.url import redact
 
 __all__ = ["find_app", "main"]
-
-
-def find_app(path: str) -> Polyq:
-    """Load the app named by ``-A``: ``module``, ``module:attribute`` or ``module.attribute``.
-
-    Raises ``click.UsageError`` naming what could not be found.
-    """
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name or "." not in module_name or attr:
-            raise click.UsageError(
-                f"-A {path}: cannot import module {exc.name!r} ({exc}). Check the name and that "
-                "you run polyq from the directory that contains it (or set PYTHONPATH)."
-            ) from None
-        module_name, _, attr = module_name.rpartition(".")
-        module = importlib.import_module(module_name)
-    if attr:
-        app = getattr(module, attr, None)
-        if not isinstance(app, Polyq):
-            raise click.UsageError(f"-A {path}: {module_name}.{attr} is not a Polyq app")
-        return app
-    for name in ("app", "polyq", "celery"):
-        candidate = getattr(module, name, None)
-        if isinstance(candidate, Polyq):
-            return candidate
-    found = [v for v in vars(module).values() if isinstance(v, Polyq)]
-    if len(found) == 1:
-        return found[0]
-    raise click.UsageError(
-        f"-A {path}: module {module_name} has no Polyq app (looked for 'app', 'polyq', 'celery' "
-        "and any Polyq instance); write -A module:attribute"
-    )
 
 
 class _Ctx:

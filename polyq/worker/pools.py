@@ -519,7 +519,7 @@ def _spawned_child_main(
 ) -> None:
     """A child started in a fresh interpreter: import the app by its ``-A`` path and
     apply the worker's explicit settings, then serve jobs like a forked child."""
-    from polyq.cli import find_app
+    from polyq.loader import find_app
 
     app = find_app(app_path)
     for key, value in settings.items():
