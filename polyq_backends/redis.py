@@ -48,7 +48,7 @@ import redis
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.url import query_options, redact
-from polyq_transports.redis import connect, translate_errors
+from polyq_clients.redis import connect, translate_errors
 
 __all__ = ["RedisResultBackend"]
 
