@@ -1,37 +1,10 @@
 """The Redis result backend: values with native expiry, pub/sub-woken waits.
 
-URLs
-----
-The same as the Redis transport (``redis://``, ``rediss://``, ``redis+sentinel://``;
-see :mod:`polyq_transports.redis`, whose connection code this module reuses so that
-TLS, Sentinel and timeouts are set up once). Use another database than the
-broker's, as usual (broker ``/0``, results ``/1``). Options: ``namespace`` (key and
-channel prefix, default ``"polyq"``; Celery's ``global_keyprefix`` is an alias), and
-the connection options of the transport (``socket_timeout``, ``ssl_*``,
-``master_name``...).
-
-Design
-------
-* A value is a Redis string ``{namespace}:k:{key}`` written with ``SET ... PX``;
-  Redis never returns an expired key, however late it reclaims the memory, so a
-  read cannot see an expired result.
-* A set (chord counters) is a Redis set ``{namespace}:s:{key}``, apart from values
-  so a key can hold both. ``add_to_set`` is ``SADD`` + ``SCARD`` (+ ``PEXPIRE``) in
-  one ``MULTI``: atomic, and a member added twice (a redelivered header task) is
-  counted once.
-* ``set_if_absent`` is ``SET NX``: exactly one concurrent caller wins.
-* ``set`` also ``PUBLISH``-es on ``{namespace}:{db}:result:{key}`` in the same round
-  trip. ``wait`` subscribes to that channel, then reads the key (so a value stored
-  before the subscription is seen), then sleeps until the notification. Pub/sub
-  ignores the database number, hence the db and namespace in the channel name.
-  One pub/sub connection per backend instance serves every ``wait``: a daemon
-  thread reads it and wakes the waiting threads, so a wait costs a ``SUBSCRIBE``
-  and a ``GET``, not a new connection. A value up to 64 KiB (with no ttl or one of
-  at least 1 s) travels in the notification, so the woken wait returns it without
-  another round trip. A notification lost while the pub/sub connection
-  reconnects is covered by re-reading the key every 2 s.
-
-Capabilities: ``push_wait``; durable as the server's persistence makes it.
+The same URLs and connection options as the Redis transport (both connect through
+:mod:`polyq_clients.redis`), plus ``namespace`` (key and channel prefix, default
+``"polyq"``; Celery's ``global_keyprefix`` is an alias). Use another database than
+the broker's (broker ``/0``, results ``/1``). How values, sets and waits map onto
+Redis, and why: ``docs/design/redis.md``.
 """
 
 from __future__ import annotations
@@ -48,7 +21,7 @@ import redis
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.url import query_options, redact
-from polyq_transports.redis import connect, translate_errors
+from polyq_clients.redis import connect, translate_errors
 
 __all__ = ["RedisResultBackend"]
 

@@ -25,7 +25,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-import polyq_transports.redis as redis_transport
+import polyq_clients.redis as redis_client
+import polyq_transports.redis.connections as redis_connections
+import polyq_transports.redis.layout as redis_layout
 from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
 from polyq.registry import create_transport
 from polyq.testing import services
@@ -67,9 +69,9 @@ def make(url: str) -> Iterator:
         for queue in transport.queues():
             transport.purge(queue)
             transport.purge_dead_letters(queue)
-            k = transport._k(queue)
+            k = transport._keys.of(queue)
             transport._client.delete(k.leased, k.msg, k.count, k.seq, k.notify)
-        transport._client.delete(transport._queues_key)
+        transport._client.delete(transport._keys.queues)
         transport.close()
 
 
@@ -398,7 +400,7 @@ def test_single_publish_is_one_command_and_survives_lost_connections(private_red
 
 
 def test_single_publish_without_hiredis(make, monkeypatch) -> None:
-    monkeypatch.setattr(redis_transport, "_pack_command", None)  # redis-py packs
+    monkeypatch.setattr(redis_connections, "_pack_command", None)  # redis-py packs
     t = make()
     t.publish([_msg("plain", 1, headers={"ü": "☃"})])
     (d,) = t.receive(["plain"], 1, 1)
@@ -409,7 +411,7 @@ def test_single_publish_through_the_pool_under_max_connections(make) -> None:
     t = make(max_connections=2)
     for i in range(5):
         t.publish([_msg("capped", i)])
-    assert t._idle == []  # the pool, not our own connections, carried them
+    assert t._connections.idle == []  # the pool, not our own connections, carried them
     assert len(t.receive(["capped"], 10, 1)) == 5
 
 
@@ -427,7 +429,7 @@ def test_publishing_threads_share_few_connections(make) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert 1 <= len(t._idle) <= 4
+    assert 1 <= len(t._connections.idle) <= 4
     got = t.receive(["threads"], 300, 1)
     assert len({d.message_id for d in got}) == 200
 
@@ -486,7 +488,7 @@ def test_wrong_password_is_a_clear_error(private_redis) -> None:
 
 def test_message_too_large_sends_nothing(make, monkeypatch) -> None:
     t = make()
-    monkeypatch.setattr(redis_transport, "MAX_MESSAGE_SIZE", 1000)
+    monkeypatch.setattr(redis_layout, "MAX_MESSAGE_SIZE", 1000)
     with pytest.raises(MessageTooLarge):
         t.publish([_msg("big", 1), OutgoingMessage("big", b"x" * 2000, "huge")])
     assert t.size("big") == 0
@@ -652,11 +654,11 @@ def test_scripts_flushed_by_a_restart_are_reloaded(private_redis) -> None:
     ],
 )
 def test_url_forms(url: str, expected: tuple) -> None:
-    assert redis_transport._split_url(url) == expected
+    assert redis_client.split_url(url) == expected
 
 
 def test_celery_sentinel_url_lists_every_sentinel() -> None:
-    client, db = redis_transport.connect(
+    client, db = redis_client.connect(
         "sentinel://:pw@127.0.0.1:26379;sentinel://:pw@127.0.0.1:26380/0",
         {"master_name": "mymaster"},
     )
