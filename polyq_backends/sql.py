@@ -66,7 +66,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq_transports.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
+from polyq_clients.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
 
 __all__ = ["SCHEMA_VERSION", "SQLResultBackend"]
 
