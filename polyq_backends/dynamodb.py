@@ -66,15 +66,14 @@ import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.exceptions import BrokerError, ConfigurationError
 from polyq.url import redact
+from polyq_clients import aws
 
 __all__ = ["DynamoDBResultBackend"]
 
@@ -99,7 +98,6 @@ class DynamoDBResultBackend(ResultBackend):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         parts = urlsplit(url)
-        session_args: dict[str, Any] = {}
         endpoint = options.get("endpoint_url")
         region = options.get("region", options.get("region_name"))
         if parts.hostname:
@@ -108,34 +106,19 @@ class DynamoDBResultBackend(ResultBackend):
                 endpoint = endpoint or f"http://{parts.hostname}:{parts.port or 8000}"
             else:
                 region = region or parts.hostname
-        if parts.username:
-            session_args["aws_access_key_id"] = unquote(parts.username)
-            session_args["aws_secret_access_key"] = unquote(parts.password or "")
-        for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
-            if options.get(key):
-                session_args[key] = str(options[key])
-        if options.get("profile_name"):
-            session_args["profile_name"] = str(options["profile_name"])
-        if region:
-            session_args["region_name"] = str(region)
         path_table = parts.path.strip("/")
         self.table = str(options.get("table", options.get("table_name", path_table or "")))
         self.table = self.table or _DEFAULT_TABLE
         self.create_table = bool(options.get("create_table", True))
-        config = botocore.config.Config(
-            connect_timeout=float(options.get("connect_timeout", 5)),
-            read_timeout=float(options.get("read_timeout", 10)),
-            retries={"max_attempts": int(options.get("max_attempts", 4)), "mode": "standard"},
+        self._client: Any = aws.create_client(
+            "dynamodb",
+            url,
+            options,
+            region=region,
+            endpoint=endpoint,
+            read_timeout=10,
+            label="DynamoDB",
         )
-        try:
-            # A session per instance: boto3's default session is shared global state.
-            self._client: Any = boto3.session.Session(**session_args).client(
-                "dynamodb", endpoint_url=str(endpoint) if endpoint else None, config=config
-            )
-        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
-            raise ConfigurationError(
-                f"{redact(url)}: cannot set up the DynamoDB client: {exc}"
-            ) from exc
         self._ready = threading.Event()
         self._lock = threading.Lock()
 
@@ -149,24 +132,14 @@ class DynamoDBResultBackend(ResultBackend):
 
     def _raw(self, operation: str, **params: Any) -> Any:
         try:
-            return getattr(self._client, operation)(**params)
+            return aws.call(self._client, operation, params, "DynamoDB", self.describe)
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
+            code = aws.error_code(exc)
             if code == "ConditionalCheckFailedException" or (
                 code == "ResourceNotFoundException" and operation == "describe_table"
             ):
                 raise
-            message = exc.response.get("Error", {}).get("Message", "")
-            raise BrokerError(
-                f"DynamoDB at {self.describe()}: {operation} refused ({code}): {message}"
-            ) from exc
-        except botocore.exceptions.NoCredentialsError as exc:
-            raise BrokerError(
-                f"DynamoDB at {self.describe()}: no AWS credentials found; set them in the "
-                "environment, a profile or an instance role (boto3's usual chain)"
-            ) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise BrokerError(f"DynamoDB at {self.describe()}: {operation} failed: {exc}") from exc
+            raise aws.refused("DynamoDB", self.describe(), operation, exc) from exc
 
     def _ensure_table(self) -> None:
         if self._ready.is_set():
