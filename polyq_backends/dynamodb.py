@@ -1,59 +1,8 @@
 """Amazon DynamoDB result backend (boto3), for ``dynamodb://`` URLs.
 
-With it an all-AWS deployment (SQS broker, DynamoDB results) needs no other store.
-
-URL and options
----------------
-::
-
-    dynamodb://?region=eu-west-1&table=polyq_results
-    dynamodb://?region=us-east-1&endpoint_url=http://127.0.0.1:5000      # moto, LocalStack
-    dynamodb://@eu-west-1/polyq_results        # Celery's spelling: region as host, table as path
-    dynamodb://@localhost:8000/polyq_results   # Celery's spelling for DynamoDB Local
-
-Credentials come from boto3's usual chain (environment, profiles, roles); the
-Celery spelling ``dynamodb://key:secret@region/table`` is accepted but never
-printed. Options (query string or keyword): ``region`` (alias ``region_name``),
-``endpoint_url``, ``table`` (alias ``table_name``, default ``polyq_results``),
-``create_table`` (default true: created on first use, on-demand billing, with
-DynamoDB's TTL turned on; false when it exists already and the credentials may not
-create tables), ``profile_name``, ``aws_access_key_id``/``aws_secret_access_key``/
-``aws_session_token``, ``connect_timeout``/``read_timeout``/``max_attempts``.
-
-Table layout
-------------
-One item per key, hash key ``k`` (string). A value is the binary attribute ``v``. A
-value with a ttl carries ``e``, its expiry as a Unix time to the millisecond, and
-``ttl_at``, the same rounded up to whole seconds: ``ttl_at`` is the table's TTL
-attribute, which DynamoDB uses to delete expired items lazily, often days late. So
-every read filters on ``e`` itself: an expired item is absent to polyq however late
-DynamoDB removes it, and the conditional writes treat it as absent too.
-
-Sets (chord counters) live in the item of their key: a map ``m`` of member →
-the token of the call that added it, a map ``p`` of member → its position, and a
-counter ``n``. ``add_to_set`` is one conditional ``UpdateItem``: record the member
-and add 1 to the counter *only if the member is not there yet* (and the set has
-not expired), returning the new counter. A redelivered chord member fails the
-condition and is not counted twice; concurrent members each get a distinct count,
-because DynamoDB applies the writes to one item one after another. The first
-member, or a set whose predecessor expired, is written with a conditional
-``PutItem`` that loses cleanly to a concurrent creator (the update is then tried
-again). The token settles the one ambiguous case: a write that succeeded but
-whose reply was lost is retried (by botocore or by the loop), fails its condition,
-and finds its own token, so it returns its own position rather than counting
-nothing. ``set_if_absent`` keeps a token for the same reason, so a retried winning
-put still reports that it won. A set lives in one item, so a chord's members must
-fit DynamoDB's 400 KB item limit (about 4,000 task ids), and as DynamoDB bills a
-write by the size of the item written (1 write unit per KB), adding the i-th member
-costs about i/12 units: some 42,000 units for a 1,000-member chord (a few cents on
-demand), the price of exact, atomic counts.
-
-``set_if_absent`` is a ``PutItem`` conditioned on the key being absent or expired.
-Reads are strongly consistent. ``wait`` polls with a backoff from 5 ms to 0.5 s
-(DynamoDB has no notifications a client can block on). ``get_many``/``set_many``/
-``delete`` use ``BatchGetItem``/``BatchWriteItem`` and retry unprocessed keys. A value
-over 400 KB raises :class:`~polyq.exceptions.BrokerError`: store large results
-elsewhere and return a reference.
+One item per key, expiry filtered on every read, chord sets counted by conditional
+``UpdateItem``; ``wait`` polls. The boto3 client set-up is :mod:`polyq_clients.aws`'s
+(shared with the SQS transport). URL, options and table layout: ``docs/design/sqs.md``.
 """
 
 from __future__ import annotations
@@ -91,7 +40,7 @@ def _number(value: float) -> dict[str, str]:
 
 
 class DynamoDBResultBackend(ResultBackend):
-    """Results in a DynamoDB table; see the module docstring for URL, options and design."""
+    """Results in a DynamoDB table; see ``docs/design/sqs.md`` for URL, options and design."""
 
     capabilities = BackendCapabilities(push_wait=False, durable=True)
 

@@ -228,7 +228,8 @@ class SQSTransport(Transport):
     # -- consuming ---------------------------------------------------------------
 
     def receive(self, queues: Sequence[str], max_messages: int, wait: float) -> list[Delivery]:
-        """Lease up to ``max_messages`` messages (see *Receiving and leases*)."""
+        """Lease up to ``max_messages`` messages (see *Receiving and leases* in
+        ``docs/design/sqs.md``)."""
         if not queues or max_messages <= 0:
             return []
         deadline = time.monotonic() + max(0.0, wait)
