@@ -38,15 +38,19 @@ MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 
 def sqs_name(name: str) -> str:
+    """The SQS spelling of a polyq queue name: characters SQS refuses become ``-``."""
     base, fifo = (name[:-5], ".fifo") if name.endswith(".fifo") else (name, "")
     return re.sub(r"[^A-Za-z0-9_-]", "-", base) + fifo
 
 
 def is_fifo(name: str) -> bool:
+    """Whether ``name`` is a FIFO queue (it ends in ``.fifo``)."""
     return name.endswith(".fifo")
 
 
 def base_name(name: str) -> str:
+    """``name`` without ``.fifo`` (``jobs.fifo`` -> ``jobs-fifo``): the stem of the
+    standard queues polyq derives from it (``-delay``, ``-dlq``)."""
     return name[:-5] + "-fifo" if is_fifo(name) else name
 
 
@@ -147,6 +151,7 @@ class SQSQueues:
         return url
 
     def require_url(self, name: str) -> str:
+        """The URL of ``name``'s queue, created if allowed; refused when missing."""
         url = self.queue_url(name)
         if url is None:
             raise ConfigurationError(
@@ -157,6 +162,7 @@ class SQSQueues:
         return url
 
     def max_size(self, name: str, url: str) -> int:
+        """The queue's ``MaximumMessageSize`` (read once, then cached)."""
         with self._lock:
             cached = self._max_sizes.get(url)
         if cached:
@@ -197,6 +203,8 @@ class SQSQueues:
         return [self.band(queue, s) for s in reversed(self.priority_steps or [0])]
 
     def send(self, queue: str, url: str, entries: list[tuple[dict[str, Any], int]]) -> None:
+        """Send ``(entry, encoded size)`` pairs in batches of at most 10 entries and
+        ``BATCH_BYTES``."""
         chunk: list[dict[str, Any]] = []
         chunk_bytes = 0
         for entry, size in entries:
@@ -209,6 +217,7 @@ class SQSQueues:
             self.send_batch(queue, url, chunk)
 
     def send_batch(self, queue: str, url: str, entries: list[dict[str, Any]]) -> None:
+        """Send one batch, retrying the entries SQS failed on its side (twice)."""
         try:
             if len(entries) == 1:
                 self.call("send_message", QueueUrl=url, **entries[0])
@@ -238,6 +247,7 @@ class SQSQueues:
             raise self.error(f"SendMessage to {queue!r}", exc) from exc
 
     def delete(self, url: str, handles: Sequence[str]) -> None:
+        """Delete messages by receipt handle; messages already gone are fine."""
         handles = list(dict.fromkeys(handles))  # a batch may not name a message twice
         for i in range(0, len(handles), BATCH):
             chunk = handles[i : i + BATCH]
@@ -259,6 +269,7 @@ class SQSQueues:
                 )
 
     def counts(self, name: str) -> int:
+        """SQS's approximate count of ready, in-flight and delayed messages of ``name``."""
         url = self.queue_url(name, create=False)
         if url is None:
             return 0
@@ -278,6 +289,8 @@ class SQSQueues:
         return sum(int(attributes.get(n, 0)) for n in names)
 
     def purge(self, name: str) -> int:
+        """``PurgeQueue`` on ``name`` (or, within a minute of the last, receive and
+        delete what is ready); the approximate count removed."""
         url = self.queue_url(name, create=False)
         if url is None:
             return 0
@@ -318,6 +331,7 @@ class SQSQueues:
         return sorted(names)
 
     def list_urls(self, prefix: str) -> list[str]:
+        """The URLs of every queue whose name starts with ``prefix`` (``ListQueues``)."""
         urls: list[str] = []
         params: dict[str, Any] = {"MaxResults": 1000}
         if prefix:

@@ -27,13 +27,18 @@ __all__ = [
     "whole_seconds",
 ]
 
+#: The key that marks an SQS body as a polyq envelope (its value is the version, 1).
 ENVELOPE = "polyq_sqs"
+#: The longest ``DelaySeconds`` SQS accepts (15 minutes).
 NATIVE_DELAY_LIMIT = 900
+#: The longest visibility timeout SQS accepts (12 hours).
 VISIBILITY_LIMIT = 43_200
+#: Messages per SQS batch call (send, receive, delete, change visibility).
 BATCH = 10
 # The total payload of one SendMessageBatch; kept at SQS's historical limit so a batch
 # is accepted whatever the account's newer per-message maximum is.
 BATCH_BYTES = 262_144
+#: AWS's default ``MaximumMessageSize`` of a queue, and the largest it allows.
 DEFAULT_MAX_SIZE = 262_144
 LARGEST_SIZE = 1_048_576
 # Room kept in a queue's MaximumMessageSize for the envelope's own keys and quoting.
