@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import re
 import sys
@@ -91,6 +92,13 @@ def _by_class(plugins: Iterable[tuple[str, type[Any]]]) -> dict[type[Any], list[
 
 
 def _path(cls: type[Any]) -> str:
+    """``module:Class`` by the shortest module that exports the class (a plugin package
+    re-exporting it from a submodule), as the entry points name it."""
+    parts = cls.__module__.split(".")
+    for depth in range(1, len(parts)):
+        package = ".".join(parts[:depth])
+        if getattr(importlib.import_module(package), cls.__name__, None) is cls:
+            return f"{package}:{cls.__name__}"
     return f"{cls.__module__}:{cls.__name__}"
 
 

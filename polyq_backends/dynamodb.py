@@ -1,59 +1,8 @@
 """Amazon DynamoDB result backend (boto3), for ``dynamodb://`` URLs.
 
-With it an all-AWS deployment (SQS broker, DynamoDB results) needs no other store.
-
-URL and options
----------------
-::
-
-    dynamodb://?region=eu-west-1&table=polyq_results
-    dynamodb://?region=us-east-1&endpoint_url=http://127.0.0.1:5000      # moto, LocalStack
-    dynamodb://@eu-west-1/polyq_results        # Celery's spelling: region as host, table as path
-    dynamodb://@localhost:8000/polyq_results   # Celery's spelling for DynamoDB Local
-
-Credentials come from boto3's usual chain (environment, profiles, roles); the
-Celery spelling ``dynamodb://key:secret@region/table`` is accepted but never
-printed. Options (query string or keyword): ``region`` (alias ``region_name``),
-``endpoint_url``, ``table`` (alias ``table_name``, default ``polyq_results``),
-``create_table`` (default true: created on first use, on-demand billing, with
-DynamoDB's TTL turned on; false when it exists already and the credentials may not
-create tables), ``profile_name``, ``aws_access_key_id``/``aws_secret_access_key``/
-``aws_session_token``, ``connect_timeout``/``read_timeout``/``max_attempts``.
-
-Table layout
-------------
-One item per key, hash key ``k`` (string). A value is the binary attribute ``v``. A
-value with a ttl carries ``e``, its expiry as a Unix time to the millisecond, and
-``ttl_at``, the same rounded up to whole seconds: ``ttl_at`` is the table's TTL
-attribute, which DynamoDB uses to delete expired items lazily, often days late. So
-every read filters on ``e`` itself: an expired item is absent to polyq however late
-DynamoDB removes it, and the conditional writes treat it as absent too.
-
-Sets (chord counters) live in the item of their key: a map ``m`` of member →
-the token of the call that added it, a map ``p`` of member → its position, and a
-counter ``n``. ``add_to_set`` is one conditional ``UpdateItem``: record the member
-and add 1 to the counter *only if the member is not there yet* (and the set has
-not expired), returning the new counter. A redelivered chord member fails the
-condition and is not counted twice; concurrent members each get a distinct count,
-because DynamoDB applies the writes to one item one after another. The first
-member, or a set whose predecessor expired, is written with a conditional
-``PutItem`` that loses cleanly to a concurrent creator (the update is then tried
-again). The token settles the one ambiguous case: a write that succeeded but
-whose reply was lost is retried (by botocore or by the loop), fails its condition,
-and finds its own token, so it returns its own position rather than counting
-nothing. ``set_if_absent`` keeps a token for the same reason, so a retried winning
-put still reports that it won. A set lives in one item, so a chord's members must
-fit DynamoDB's 400 KB item limit (about 4,000 task ids), and as DynamoDB bills a
-write by the size of the item written (1 write unit per KB), adding the i-th member
-costs about i/12 units: some 42,000 units for a 1,000-member chord (a few cents on
-demand), the price of exact, atomic counts.
-
-``set_if_absent`` is a ``PutItem`` conditioned on the key being absent or expired.
-Reads are strongly consistent. ``wait`` polls with a backoff from 5 ms to 0.5 s
-(DynamoDB has no notifications a client can block on). ``get_many``/``set_many``/
-``delete`` use ``BatchGetItem``/``BatchWriteItem`` and retry unprocessed keys. A value
-over 400 KB raises :class:`~polyq.exceptions.BrokerError`: store large results
-elsewhere and return a reference.
+One item per key, expiry filtered on every read, chord sets counted by conditional
+``UpdateItem``; ``wait`` polls. The boto3 client set-up is :mod:`polyq_clients.aws`'s
+(shared with the SQS transport). URL, options and table layout: ``docs/design/sqs.md``.
 """
 
 from __future__ import annotations
@@ -66,15 +15,14 @@ import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.exceptions import BrokerError, ConfigurationError
 from polyq.url import redact
+from polyq_clients import aws
 
 __all__ = ["DynamoDBResultBackend"]
 
@@ -92,14 +40,13 @@ def _number(value: float) -> dict[str, str]:
 
 
 class DynamoDBResultBackend(ResultBackend):
-    """Results in a DynamoDB table; see the module docstring for URL, options and design."""
+    """Results in a DynamoDB table; see ``docs/design/sqs.md`` for URL, options and design."""
 
     capabilities = BackendCapabilities(push_wait=False, durable=True)
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         parts = urlsplit(url)
-        session_args: dict[str, Any] = {}
         endpoint = options.get("endpoint_url")
         region = options.get("region", options.get("region_name"))
         if parts.hostname:
@@ -108,34 +55,19 @@ class DynamoDBResultBackend(ResultBackend):
                 endpoint = endpoint or f"http://{parts.hostname}:{parts.port or 8000}"
             else:
                 region = region or parts.hostname
-        if parts.username:
-            session_args["aws_access_key_id"] = unquote(parts.username)
-            session_args["aws_secret_access_key"] = unquote(parts.password or "")
-        for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
-            if options.get(key):
-                session_args[key] = str(options[key])
-        if options.get("profile_name"):
-            session_args["profile_name"] = str(options["profile_name"])
-        if region:
-            session_args["region_name"] = str(region)
         path_table = parts.path.strip("/")
         self.table = str(options.get("table", options.get("table_name", path_table or "")))
         self.table = self.table or _DEFAULT_TABLE
         self.create_table = bool(options.get("create_table", True))
-        config = botocore.config.Config(
-            connect_timeout=float(options.get("connect_timeout", 5)),
-            read_timeout=float(options.get("read_timeout", 10)),
-            retries={"max_attempts": int(options.get("max_attempts", 4)), "mode": "standard"},
+        self._client: Any = aws.create_client(
+            "dynamodb",
+            url,
+            options,
+            region=region,
+            endpoint=endpoint,
+            read_timeout=10,
+            label="DynamoDB",
         )
-        try:
-            # A session per instance: boto3's default session is shared global state.
-            self._client: Any = boto3.session.Session(**session_args).client(
-                "dynamodb", endpoint_url=str(endpoint) if endpoint else None, config=config
-            )
-        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
-            raise ConfigurationError(
-                f"{redact(url)}: cannot set up the DynamoDB client: {exc}"
-            ) from exc
         self._ready = threading.Event()
         self._lock = threading.Lock()
 
@@ -149,24 +81,14 @@ class DynamoDBResultBackend(ResultBackend):
 
     def _raw(self, operation: str, **params: Any) -> Any:
         try:
-            return getattr(self._client, operation)(**params)
+            return aws.call(self._client, operation, params, "DynamoDB", self.describe)
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "?")
+            code = aws.error_code(exc)
             if code == "ConditionalCheckFailedException" or (
                 code == "ResourceNotFoundException" and operation == "describe_table"
             ):
                 raise
-            message = exc.response.get("Error", {}).get("Message", "")
-            raise BrokerError(
-                f"DynamoDB at {self.describe()}: {operation} refused ({code}): {message}"
-            ) from exc
-        except botocore.exceptions.NoCredentialsError as exc:
-            raise BrokerError(
-                f"DynamoDB at {self.describe()}: no AWS credentials found; set them in the "
-                "environment, a profile or an instance role (boto3's usual chain)"
-            ) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise BrokerError(f"DynamoDB at {self.describe()}: {operation} failed: {exc}") from exc
+            raise aws.refused("DynamoDB", self.describe(), operation, exc) from exc
 
     def _ensure_table(self) -> None:
         if self._ready.is_set():

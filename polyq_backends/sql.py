@@ -1,55 +1,9 @@
 """SQL result backend: results, sets and locks in SQLite, PostgreSQL or MySQL/MariaDB.
 
-URLs and engine set-up are the SQL transport's own (its ``SQLDatabase``; ``sqlite:///path``,
-``postgresql://`` = ``postgresql+psycopg://``, ``mysql://`` = ``mysql+pymysql://``,
-``mariadb://`` = ``mariadb+pymysql://``): SQLite runs in WAL mode with a busy timeout and
-takes its write lock up front (``BEGIN IMMEDIATE``); MySQL runs in READ COMMITTED.
-The broker and the result store can share one database file: their tables differ.
-
-Options (``result_backend_transport_options`` or the query string)
-------------------------------------------------------------------
-``table_prefix`` (default ``polyq_``)
-    prefix of every table name.
-``max_poll_interval`` (s, default 0.1; 1.0 on PostgreSQL)
-    longest pause of a polling ``wait``. On PostgreSQL ``wait`` is woken by
-    LISTEN/NOTIFY and the poll is only a safety net.
-``busy_timeout`` (s, default 30), ``synchronous`` (default ``NORMAL``)
-    SQLite, as for the transport.
-``listen`` (default true)
-    PostgreSQL: wake ``wait`` through LISTEN/NOTIFY; turn it off behind PgBouncer in
-    transaction pooling mode, where LISTEN does not work.
-
-Tables
-------
-``<prefix>results (name PRIMARY KEY, value, expires_at)``: the key-value store.
-``expires_at`` is a Unix time or NULL (no expiry); every read filters on it, so an
-expired value is never returned however late :meth:`SQLResultBackend.cleanup`
-(``polyq db cleanup``) deletes it. An index on ``expires_at`` keeps the cleanup cheap.
-
-``<prefix>sets (name PRIMARY KEY, size, expires_at)`` and
-``<prefix>set_members (name, item, PRIMARY KEY (name, item))``: ``add_to_set`` locks
-the set's row (``SELECT ... FOR UPDATE``; SQLite's write lock), inserts the member
-unless present (the primary key makes a second insert of a member a no-op) and raises
-``size`` only when the member was new. Concurrent adders of one set are therefore
-serialised and each sees the size right after its own addition: a chord's header
-members are counted once each, and exactly one adder sees the final count.
-
-``set_if_absent`` reads the key under a row lock: absent → ``INSERT`` that ignores a
-duplicate key (a concurrent winner makes it a no-op, detected by the row count);
-expired → overwritten; live → refused. Exactly one of many concurrent callers wins.
-
-``get``, ``set``, ``set_if_absent`` and ``add_to_set`` run short hand-written SQL on the
-pooled DBAPI connection (a SQLite ``get`` through SQLAlchemy Core costs ~10x more);
-the rest uses Core. A transaction that the database picks as a deadlock victim is
-run again (up to three times).
-
-On PostgreSQL ``set`` sends ``NOTIFY <prefix>results, '<key>'`` in its transaction and
-``wait`` listens on one connection per backend instance (shared by its threads), so a
-result is seen within milliseconds of its commit; once no thread waits, the
-connection stops listening (UNLISTEN), since unread notifications pile up in a
-queue shared by the whole server. The schema version is recorded in
-``<prefix>meta`` under ``backend_schema_version``; see the transport for the upgrade
-policy.
+The engine, URLs and error handling are :mod:`polyq_clients.sql`'s (shared with the SQL
+transport). ``get``, ``set``, ``set_if_absent`` and ``add_to_set`` run hand-written SQL
+on the pooled DBAPI connection; on PostgreSQL ``wait`` is woken by LISTEN/NOTIFY. Tables,
+set semantics and options: ``docs/design/sql.md``.
 """
 
 from __future__ import annotations
@@ -66,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq_transports.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
+from polyq_clients.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
 
 __all__ = ["SCHEMA_VERSION", "SQLResultBackend"]
 
@@ -117,7 +71,7 @@ class _Tables:
 
 
 class SQLResultBackend(ResultBackend):
-    """A result backend on a SQL database; see the module docstring for the design."""
+    """A result backend on a SQL database; see ``docs/design/sql.md`` for the design."""
 
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(push_wait=False, durable=True)
 

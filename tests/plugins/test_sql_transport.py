@@ -575,12 +575,12 @@ def test_servers_without_skip_locked_are_refused(monkeypatch: pytest.MonkeyPatch
     assert isinstance(t, SQLTransport)
     try:
         t.size("q")
-        t._check_server()  # the real server is recent enough
+        t.schema.check_server()  # the real server is recent enough
         dialect = t.engine.dialect
         old = (10, 5, 9) if getattr(dialect, "is_mariadb", False) else (5, 7, 40)
         monkeypatch.setattr(dialect, "server_version_info", old)
         with pytest.raises(ConfigurationError, match="SKIP LOCKED"):
-            t._check_server()
+            t.schema.check_server()
     finally:
         monkeypatch.undo()
         t.drop_schema()

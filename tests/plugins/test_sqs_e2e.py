@@ -89,7 +89,9 @@ class TestSQSQueuesEndToEnd:
         result = record.apply_async((path,), countdown=countdown, queue=queue)
         # While it waits, no worker holds it: sample what SQS has in flight.
         sqs = transport._client
-        urls = [transport._queue_url(q, create=False) for q in (queue, f"{queue}-fifo-delay")]
+        urls = [
+            transport.sqs_queues.queue_url(q, create=False) for q in (queue, f"{queue}-fifo-delay")
+        ]
         urls = [u for u in urls if u]
         held_since: float | None = None
         longest_hold = 0.0

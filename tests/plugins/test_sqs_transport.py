@@ -44,7 +44,7 @@ def sqs(url: str) -> Any:
 
 
 def _queue_url(t: SQSTransport, name: str) -> str:
-    url = t._queue_url(name)
+    url = t.sqs_queues.queue_url(name)
     assert url is not None
     return url
 
@@ -103,10 +103,12 @@ def test_credentials_in_url_are_never_shown() -> None:
 
 def test_queue_names_are_mapped_to_what_sqs_accepts(transport: SQSTransport) -> None:
     transport.publish([_msg("myapp.tasks"), _msg("jobs.fifo")])
-    assert transport._queue_url("myapp.tasks", create=False).endswith(
+    assert transport.sqs_queues.queue_url("myapp.tasks", create=False).endswith(
         transport.prefix + "myapp-tasks"
     )
-    assert transport._queue_url("jobs.fifo", create=False).endswith(transport.prefix + "jobs.fifo")
+    assert transport.sqs_queues.queue_url("jobs.fifo", create=False).endswith(
+        transport.prefix + "jobs.fifo"
+    )
     assert {"myapp-tasks", "jobs.fifo"} <= set(transport.queues())
 
 
@@ -359,7 +361,7 @@ def test_every_priority_level_in_order(url: str) -> None:
 def test_priority_steps_group_levels(url: str) -> None:
     t = create_transport(url, priority_steps=[0, 5, 9])
     t.publish([_msg("steps", p, priority=p) for p in (0, 4, 5, 8, 9)])
-    assert t._band("steps", 4) == "steps" and t._band("steps", 8) == "steps-p5"
+    assert t.sqs_queues.band("steps", 4) == "steps" and t.sqs_queues.band("steps", 8) == "steps-p5"
     got = [d.priority for d in _until(t, ["steps"], 5, 5)]
     assert got[0] == 9 and set(got[1:3]) == {5, 8} and set(got[3:]) == {0, 4}
     t.publish([_msg("steps", p, priority=p) for p in (0, 9)])
@@ -375,7 +377,7 @@ def test_priority_on_fifo_with_a_delay(url: str) -> None:
     assert [d.message_id for d in got] == ["id-low"]
     got = _until(t, [q], 1, 5)
     assert [(d.message_id, d.priority) for d in got] == [("id-high", 9)]
-    assert t._queue_url("pf-p9.fifo", create=False) is not None
+    assert t.sqs_queues.queue_url("pf-p9.fifo", create=False) is not None
 
 
 @pytest.mark.parametrize("steps", ["", "10", "a,b", [-1, 3], 5])
