@@ -1,0 +1,29 @@
+"""``xmap`` and ``xstarmap``: one task applied to every item of a list, in one task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from polyq.canvas.signature import Signature, plain, to_signature
+
+if TYPE_CHECKING:
+    from polyq.app import Polyq
+
+__all__ = ["xmap", "xstarmap"]
+
+
+class xmap(Signature):
+    """``[task(item) for item in it]`` as one task (``polyq.map``), like Celery's ``map``."""
+
+    def __init__(self, task: Any, it: Iterable[Any], app: Polyq | None = None) -> None:
+        sig = to_signature(task, app)
+        super().__init__("polyq.map", (plain(sig), list(it)), app=app or sig._app)
+
+
+class xstarmap(Signature):
+    """``[task(*item) for item in it]`` as one task (``polyq.starmap``)."""
+
+    def __init__(self, task: Any, it: Iterable[Any], app: Polyq | None = None) -> None:
+        sig = to_signature(task, app)
+        super().__init__("polyq.starmap", (plain(sig), [list(i) for i in it]), app=app or sig._app)
