@@ -1,7 +1,7 @@
 """Signatures and workflows: ``signature``, ``chain``, ``group``, ``chord``,
 ``chunks``, ``xmap`` and ``xstarmap``, with ``link`` / ``link_error`` callbacks.
 
-- :mod:`polyq.canvas.signature`: ``Signature`` (a task call as data) and sending one;
+- :mod:`polyq.canvas.signatures`: ``Signature`` (a task call as data) and sending one;
 - :mod:`polyq.canvas.primitives`: ``chain``, ``group``, ``chord``, ``chunks``;
 - :mod:`polyq.canvas.maps`: ``xmap``, ``xstarmap``;
 - :mod:`polyq.canvas.runtime`: what the worker does after a task of a workflow ends;
@@ -25,7 +25,7 @@ from polyq.canvas.runtime import (
     on_failure_outside_task,
     on_success,
 )
-from polyq.canvas.signature import Signature, from_dict, maybe_signature, signature
+from polyq.canvas.signatures import Signature, from_dict, maybe_signature, signature
 
 __all__ = [
     "CHORD_FAILED_PREFIX",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from polyq.canvas.signature import Signature, plain, to_signature
+from polyq.canvas.signatures import Signature, plain, to_signature
 
 if TYPE_CHECKING:
     from polyq.app import Polyq

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from polyq import states
 from polyq.canvas.keys import CHORD_PREFIX, FIRST_ONLY, GROUP_KEYS
 from polyq.canvas.maps import xstarmap
-from polyq.canvas.signature import Signature, as_list, from_dict, plain, to_signature
+from polyq.canvas.signatures import Signature, as_list, from_dict, plain, to_signature
 from polyq.exceptions import ChordError
 from polyq.message import new_id
 from polyq.result import EagerResult, GroupResult, encode_record

@@ -18,7 +18,7 @@ from polyq.canvas.keys import (
     ONCE_PREFIX,
 )
 from polyq.canvas.primitives import apply_step
-from polyq.canvas.signature import as_list, from_dict
+from polyq.canvas.signatures import as_list, from_dict
 from polyq.exceptions import ChordError
 from polyq.message import TaskMessage, decode
 from polyq.result import decode_record, meta_key, store_state
