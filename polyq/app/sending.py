@@ -92,9 +92,7 @@ def _publish_again(
             exc = again
 
 
-def route(
-    conf: Settings, name: str, args: Any, kwargs: Any, task: Task | None
-) -> dict[str, Any]:
+def route(conf: Settings, name: str, args: Any, kwargs: Any, task: Task | None) -> dict[str, Any]:
     """Where ``task_routes`` sends a call of ``name``: ``{"queue": ..., ...}`` or ``{}``."""
     routes = conf.task_routes
     if not routes:
@@ -118,9 +116,7 @@ def route(
     return {}
 
 
-def to_timestamp(
-    value: Any, relative: bool, enable_utc: bool, tz: datetime.tzinfo
-) -> float | None:
+def to_timestamp(value: Any, relative: bool, enable_utc: bool, tz: datetime.tzinfo) -> float | None:
     """A POSIX time from a datetime (naive ones in UTC or ``tz``), a timedelta from
     now, or seconds (from now when ``relative``)."""
     if value is None:

@@ -18,7 +18,7 @@ class xmap(Signature):
 
     def __init__(self, task: Any, it: Iterable[Any], app: Polyq | None = None) -> None:
         sig = to_signature(task, app)
-        super().__init__("polyq.map", (plain(sig), list(it)), app=app or sig._app)
+        super().__init__("polyq.map", (plain(sig), list(it)), app=app or sig.bound_app)
 
 
 class xstarmap(Signature):
@@ -26,4 +26,5 @@ class xstarmap(Signature):
 
     def __init__(self, task: Any, it: Iterable[Any], app: Polyq | None = None) -> None:
         sig = to_signature(task, app)
-        super().__init__("polyq.starmap", (plain(sig), [list(i) for i in it]), app=app or sig._app)
+        items = [list(i) for i in it]
+        super().__init__("polyq.starmap", (plain(sig), items), app=app or sig.bound_app)

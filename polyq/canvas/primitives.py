@@ -78,15 +78,15 @@ def apply_step(
         opts = {k: v for k, v in opts.items() if k not in GROUP_KEYS}
     if isinstance(sig, group):
         if rest:
-            body = rest[0] if len(rest) == 1 else chain(*rest, app=sig._app)
-            return chord(sig, body, app=sig._app).apply_async(args, **opts)
+            body = rest[0] if len(rest) == 1 else chain(*rest, app=sig.bound_app)
+            return chord(sig, body, app=sig.bound_app).apply_async(args, **opts)
         return sig.apply_async(args, **opts)
     if isinstance(sig, chord):
         if rest:
-            sig = chord(sig.header, chain(sig.body, *rest, app=sig._app), app=sig._app)
+            sig = chord(sig.header, chain(sig.body, *rest, app=sig.bound_app), app=sig.bound_app)
         return sig.apply_async(args, **opts)
     if isinstance(sig, chain):
-        return chain(*sig.tasks, *rest, app=sig._app).apply_async(args, **opts)
+        return chain(*sig.tasks, *rest, app=sig.bound_app).apply_async(args, **opts)
     if rest:
         opts = {**opts, "chain": [plain(s) for s in reversed(rest)]}
     return sig.apply_async(args, **opts)
@@ -113,7 +113,7 @@ class chain(Signature):
             "polyq.chain",
             options=options,
             subtask_type="chain",
-            app=app or next((s._app for s in flat if s._app), None),
+            app=app or next((s.bound_app for s in flat if s.bound_app), None),
         )
         self["tasks"] = flat
 
@@ -128,9 +128,9 @@ class chain(Signature):
         """The steps, in order."""
         return cast(list[Signature], self["tasks"])
 
-    def _partial(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
+    def prepend_args(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
         if self.tasks:
-            self.tasks[0]._partial(args, kwargs)
+            self.tasks[0].prepend_args(args, kwargs)
 
     def link(self, callback: Any) -> Signature:
         """Call ``callback`` with the last step's result."""
@@ -138,7 +138,7 @@ class chain(Signature):
 
     def link_error(self, errback: Any) -> Signature:
         """Call ``errback`` when any step fails."""
-        sig = to_signature(errback, self._app)
+        sig = to_signature(errback, self.bound_app)
         for t in self.tasks:
             t.link_error(sig)
         return sig
@@ -155,12 +155,12 @@ class chain(Signature):
             prev = result
         return prev
 
-    def _final(self) -> list[Signature]:
-        return self.tasks[-1]._final()
+    def final_tasks(self) -> list[Signature]:
+        return self.tasks[-1].final_tasks()
 
-    def _all(self) -> Iterator[Signature]:
+    def all_tasks(self) -> Iterator[Signature]:
         for t in self.tasks:
-            yield from t._all()
+            yield from t.all_tasks()
 
     def apply_async(
         self,
@@ -211,7 +211,7 @@ class chain(Signature):
         return self.apply_async(args, kwargs)
 
     def __or__(self, other: Any) -> chain:  # type: ignore[override]
-        return chain(*self.tasks, other, app=self._app)
+        return chain(*self.tasks, other, app=self.bound_app)
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks)
@@ -236,7 +236,7 @@ class group(Signature):
             "polyq.group",
             options=options,
             subtask_type="group",
-            app=app or next((s._app for s in sigs if s._app), None),
+            app=app or next((s.bound_app for s in sigs if s.bound_app), None),
         )
         self["tasks"] = sigs
 
@@ -257,20 +257,20 @@ class group(Signature):
         group_id = self["options"].get("group_id")
         return str(group_id) if group_id else None
 
-    def _partial(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
+    def prepend_args(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
         for t in self.tasks:
-            t._partial(args, kwargs)
+            t.prepend_args(args, kwargs)
 
     def link(self, callback: Any) -> Signature:
         """Call ``callback`` with each member's result (use a chord for all at once)."""
-        sig = to_signature(callback, self._app)
+        sig = to_signature(callback, self.bound_app)
         for t in self.tasks:
             t.link(sig)
         return sig
 
     def link_error(self, errback: Any) -> Signature:
         """Call ``errback`` when any member fails."""
-        sig = to_signature(errback, self._app)
+        sig = to_signature(errback, self.bound_app)
         for t in self.tasks:
             t.link_error(sig)
         return sig
@@ -284,12 +284,12 @@ class group(Signature):
         group_id = self["options"].setdefault("group_id", new_id())
         return GroupResult(group_id, [t.freeze() for t in self.tasks], app=self.app)
 
-    def _final(self) -> list[Signature]:
-        return [f for t in self.tasks for f in t._final()]
+    def final_tasks(self) -> list[Signature]:
+        return [f for t in self.tasks for f in t.final_tasks()]
 
-    def _all(self) -> Iterator[Signature]:
+    def all_tasks(self) -> Iterator[Signature]:
         for t in self.tasks:
-            yield from t._all()
+            yield from t.all_tasks()
 
     def apply_async(
         self,
@@ -334,7 +334,7 @@ class group(Signature):
         return self.apply_async(args, kwargs)
 
     def __or__(self, other: Any) -> chain:  # type: ignore[override]
-        return chain(self, other, app=self._app)
+        return chain(self, other, app=self.bound_app)
 
     def __repr__(self) -> str:
         return f"group({', '.join(repr(t) for t in self.tasks)})"
@@ -371,7 +371,7 @@ class chord(Signature):
             "polyq.chord",
             options=options,
             subtask_type="chord",
-            app=app or head._app,
+            app=app or head.bound_app,
         )
         self["header"] = head
         self["body"] = expand(to_signature(body, app)) if body is not None else None
@@ -401,8 +401,8 @@ class chord(Signature):
         """The id of the chord's result (the body's), once frozen."""
         return self.body.id if self["body"] is not None else None
 
-    def _partial(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
-        self.header._partial(args, kwargs)
+    def prepend_args(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
+        self.header.prepend_args(args, kwargs)
 
     def link(self, callback: Any) -> Signature:
         """Call ``callback`` with the body's result."""
@@ -421,12 +421,12 @@ class chord(Signature):
         set_root_parent(body_result, header_result)
         return body_result
 
-    def _final(self) -> list[Signature]:
-        return self.body._final()
+    def final_tasks(self) -> list[Signature]:
+        return self.body.final_tasks()
 
-    def _all(self) -> Iterator[Signature]:
-        yield from self.header._all()
-        yield from self.body._all()
+    def all_tasks(self) -> Iterator[Signature]:
+        yield from self.header.all_tasks()
+        yield from self.body.all_tasks()
 
     def apply_async(
         self,
@@ -437,7 +437,7 @@ class chord(Signature):
     ) -> Any:
         """Store the chord's record and send the header tasks."""
         if body is not None:
-            return chord(self.header, body, app=self._app, **self["options"]).apply_async(
+            return chord(self.header, body, app=self.bound_app, **self["options"]).apply_async(
                 args, kwargs, **options
             )
         if self.app.conf.task_always_eager:
@@ -458,7 +458,7 @@ class chord(Signature):
             c.body.apply_async(([],), **{k: v for k, v in opts.items() if k == "once"})
             return result
         for m in members:
-            finals = m._final()
+            finals = m.final_tasks()
             if len(finals) != 1:
                 raise ValueError(
                     f"chord header member {m!r} ends in a group; put that group in the "
@@ -475,7 +475,7 @@ class chord(Signature):
         size = len(members)
         marker = {"id": group_id, "size": size}
         for index, m in enumerate(members):
-            final = m._final()[0]
+            final = m.final_tasks()[0]
             final["options"]["chord"] = marker
             # The chord reads every header result: they must be stored.
             final["options"]["ignore_result"] = False
@@ -495,7 +495,7 @@ class chord(Signature):
         """Run the header here, then the body with its results (or fail it)."""
         c = cast(chord, self.clone(args, kwargs))
         if body is not None:
-            c["body"] = to_signature(body, self._app)
+            c["body"] = to_signature(body, self.bound_app)
         header_result = c.header.apply(**options)
         try:
             values = header_result.get(propagate=True)
@@ -503,7 +503,7 @@ class chord(Signature):
             body_id = c.body.freeze().id
             error = ChordError(f"a header task of chord {c.header.id} raised {exc!r}")
             for errback in as_list(c.body["options"].get("link_error")):
-                to_signature(errback, self._app).apply((body_id,))
+                to_signature(errback, self.bound_app).apply((body_id,))
             failed = EagerResult(self.app, body_id, states.FAILURE, error, None)
             failed.parent = header_result  # type: ignore[assignment]
             return failed
@@ -545,20 +545,20 @@ class chunks(Signature):
             "polyq.chunks",
             kwargs={"task": plain(sig), "it": [list(i) for i in it], "n": int(n)},
             subtask_type="chunks",
-            app=app or sig._app,
+            app=app or sig.bound_app,
         )
 
     def group(self) -> group:
         """The group of ``starmap`` tasks this stands for."""
         kw = self["kwargs"]
-        task = from_dict(kw["task"], self._app)
-        parts = [xstarmap(task, part, app=self._app) for part in chunked(kw["it"], kw["n"])]
-        return group(parts, app=self._app, **self["options"])
+        task = from_dict(kw["task"], self.bound_app)
+        parts = [xstarmap(task, part, app=self.bound_app) for part in chunked(kw["it"], kw["n"])]
+        return group(parts, app=self.bound_app, **self["options"])
 
-    def _final(self) -> list[Signature]:
-        return self.group()._final()
+    def final_tasks(self) -> list[Signature]:
+        return self.group().final_tasks()
 
-    def _all(self) -> Iterator[Signature]:
+    def all_tasks(self) -> Iterator[Signature]:
         return iter(())
 
     def freeze(self, _id: str | None = None) -> Any:

@@ -87,7 +87,7 @@ def on_failure(app: Polyq, task: Task | None, message: TaskMessage, exc: BaseExc
     for errback in as_list(opts.get("link_error")):
         from_dict(errback, app).apply_async((message.id,), **lineage)
     for step in opts.get("chain") or ():
-        for sig in from_dict(step, app)._all():
+        for sig in from_dict(step, app).all_tasks():
             info = sig["options"].get("chord")
             if info:
                 _chord_failed(app, info, message.id, exc)
@@ -178,12 +178,12 @@ def _chord_failed(app: Polyq, info: dict[str, Any], member_id: str, exc: BaseExc
         error = ChordError(
             f"chord {group_id}: header task {member_id} raised {type(exc).__name__}: {exc}"
         )
-    targets = list(body._all())
+    targets = list(body.all_tasks())
     for sig in targets:
         if sig.id:
             _store_failure(app, sig.id, error, cause=member_id)
     backend.set(CHORD_FAILED_PREFIX + group_id, member_id.encode(), ttl=app.result_ttl)
-    result_id = body._final()[0].id if body._final() else None
+    result_id = body.final_tasks()[0].id if body.final_tasks() else None
     errbacks = as_list(targets[0]["options"].get("link_error")) if targets else []
     for index, errback in enumerate(errbacks):
         errback_id = str(uuid.uuid5(ERRBACK_NS, f"{group_id}:{index}"))

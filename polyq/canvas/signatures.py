@@ -65,11 +65,11 @@ def from_dict(value: dict[str, Any], app: Polyq | None = None) -> Signature:
     kind = value.get("subtask_type")
     cls = KINDS.get(kind) if kind else None
     if app is None and isinstance(value, Signature):
-        app = value._app
+        app = value.bound_app
     if cls is None:
         sig = Signature.__new__(Signature)
         dict.__init__(sig, plain(value))
-        sig._app = app
+        sig.bound_app = app
         sig.setdefault("options", {})
         sig.setdefault("args", [])
         sig.setdefault("kwargs", {})
@@ -146,13 +146,14 @@ class Signature(dict[str, Any]):
                 immutable=immutable,
                 subtask_type=subtask_type,
             )
-        self._app = app
+        #: The app given when the signature was made (``None``: the current app).
+        self.bound_app = app
 
     @classmethod
     def _rebuild(cls, data: dict[str, Any], app: Polyq | None) -> Signature:
         sig = cls.__new__(cls)
         dict.__init__(sig, data)
-        sig._app = app
+        sig.bound_app = app
         return sig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -165,7 +166,7 @@ class Signature(dict[str, Any]):
     @property
     def app(self) -> Polyq:
         """The app used to send this signature (the current app if none was given)."""
-        return self._app or default_app()
+        return self.bound_app or default_app()
 
     @property
     def name(self) -> str:
@@ -211,12 +212,14 @@ class Signature(dict[str, Any]):
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
     ) -> Signature:
         """A deep copy with ``args`` prepended (unless immutable), ``kwargs`` and options merged."""
-        sig = from_dict(self, self._app)
-        sig._partial(args, kwargs)
+        sig = from_dict(self, self.bound_app)
+        sig.prepend_args(args, kwargs)
         sig["options"].update(opts)
         return sig
 
-    def _partial(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
+    def prepend_args(self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None) -> None:
+        """Apply partial arguments in place: ``args`` go before this signature's own,
+        ``kwargs`` are merged over them; an immutable signature keeps its own."""
         if self.immutable:
             return
         if args:
@@ -233,13 +236,13 @@ class Signature(dict[str, Any]):
 
     def link(self, callback: Any) -> Signature:
         """Call ``callback`` with this task's result when it succeeds; returns the callback."""
-        sig = to_signature(callback, self._app)
+        sig = to_signature(callback, self.bound_app)
         self["options"].setdefault("link", []).append(sig)
         return sig
 
     def link_error(self, errback: Any) -> Signature:
         """Call ``errback`` with this task's id when it fails; returns the errback."""
-        sig = to_signature(errback, self._app)
+        sig = to_signature(errback, self.bound_app)
         self["options"].setdefault("link_error", []).append(sig)
         return sig
 
@@ -253,11 +256,11 @@ class Signature(dict[str, Any]):
         task_id = opts.setdefault("task_id", new_id())
         return AsyncResult(task_id, app=self.app, task_name=self.name)
 
-    def _final(self) -> list[Signature]:
+    def final_tasks(self) -> list[Signature]:
         """The task signatures whose results are this signature's result."""
         return [self]
 
-    def _all(self) -> Iterator[Signature]:
+    def all_tasks(self) -> Iterator[Signature]:
         """Every task signature inside (for marking what will never run)."""
         yield self
 
@@ -298,16 +301,16 @@ class Signature(dict[str, Any]):
         return self.app.tasks[sig.name](*sig["args"], **sig["kwargs"])
 
     def __or__(self, other: Any) -> chain:  # type: ignore[override]
-        return _chain(self, other, app=self._app)
+        return _chain(self, other, app=self.bound_app)
 
     def __ror__(self, other: Any) -> chain:  # type: ignore[override]
-        return _chain(other, self, app=self._app)
+        return _chain(other, self, app=self.bound_app)
 
     def __reduce__(self) -> Any:
         return (from_dict, (plain(self),))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
-        return from_dict(self, self._app)
+        return from_dict(self, self.bound_app)
 
     def __repr__(self) -> str:
         args = ", ".join(
