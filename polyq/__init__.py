@@ -78,11 +78,19 @@ __all__ = [
 ]
 
 
+#: Modules whose objects fall back to the current app when given none: the app
+#: module comes with them, so ``polyq.AsyncResult(id)`` finds (or makes) the default
+#: app as it always did (``polyq.current`` cannot import the app itself).
+_USE_CURRENT_APP = frozenset({"polyq.result", "polyq.canvas"})
+
+
 def __getattr__(name: str) -> Any:
     """Import the module holding ``name`` on first use and cache the value here."""
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'polyq' has no attribute {name!r}")
+    if where in _USE_CURRENT_APP:
+        importlib.import_module("polyq.app")
     module = importlib.import_module(where)
     value = module if name == "states" else getattr(module, name)
     globals()[name] = value
