@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import inspect
 import logging
 import os
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from polyq import signals, states
+from polyq.canvas.runtime import claim_once, on_failure, on_success
 from polyq.exceptions import (
     Ignore,
     MaxRetriesExceededError,
@@ -31,12 +31,13 @@ from polyq.exceptions import (
     Retry,
     SoftTimeLimitExceeded,
 )
-from polyq.message import TaskMessage
-from polyq.result import AsyncResult, encode_record, exception_fields, in_task, meta_key
-from polyq.task import Context, Task, current_request
+from polyq.message import TaskMessage, new_id
+from polyq.request import Context, current_request
+from polyq.result import AsyncResult, EagerResult, in_task, store_state
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
+    from polyq.task import Task
 
 __all__ = ["EagerResult", "Outcome", "apply_eagerly", "execute", "store_state"]
 
@@ -58,40 +59,6 @@ class Outcome:
     value: Any = None
     exc: BaseException | None = None
     traceback: str | None = None
-
-
-def store_state(
-    app: Polyq,
-    task_id: str,
-    state: str,
-    result: Any = None,
-    *,
-    exc: BaseException | None = None,
-    message: TaskMessage | None = None,
-    hostname: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write a task's record to the result backend."""
-    record: dict[str, Any] = {"status": state, "result": result, "task_id": task_id}
-    if exc is not None:
-        record.update(exception_fields(exc))
-        record["result"] = None
-    if state in states.READY_STATES:
-        record["date_done"] = datetime.datetime.now(datetime.UTC).isoformat()
-    if message is not None:
-        record["retries"] = message.retries
-        if app.conf.result_extended:
-            record.update(
-                name=message.task,
-                args=message.args,
-                kwargs=message.kwargs,
-                queue=message.queue,
-                worker=hostname,
-            )
-    if extra:
-        record.update(extra)
-    data = encode_record(record, app.conf.result_serializer)
-    app.backend.set(meta_key(task_id), data, ttl=app.result_ttl)
 
 
 class _SoftTimeLimit:
@@ -191,14 +158,12 @@ def execute(
     if dedupe and AsyncResult(task_id, app=app).state == states.SUCCESS:
         logger.info("task %s[%s] already succeeded: skipped (deduplicated)", task.name, task_id)
         return Outcome("ack", task_id, states.SUCCESS)
-    if message.options and message.options.get("once") and not eager:
-        # Canvas steps sent more than once (chord callbacks, chain steps): only the
-        # first published copy runs (see polyq.canvas, "exactly once").
-        from polyq.canvas import claim_once
-
-        if not claim_once(app, message):
-            logger.info("task %s[%s] is a duplicate canvas step: skipped", task.name, task_id)
-            return Outcome("ack", task_id, None)
+    # Canvas steps sent more than once (chord callbacks, chain steps): only the
+    # first published copy runs (see docs/design/canvas.md, "exactly once").
+    once = bool(message.options and message.options.get("once")) and not eager
+    if once and not claim_once(app, message):
+        logger.info("task %s[%s] is a duplicate canvas step: skipped", task.name, task_id)
+        return Outcome("ack", task_id, None)
     if store and _flag(task.track_started, conf.task_track_started):
         store_state(app, task_id, states.STARTED, {"pid": os.getpid(), "hostname": hostname})
     soft = message.soft_time_limit or task.soft_time_limit or conf.task_soft_time_limit
@@ -305,7 +270,8 @@ def _on_success(
     except Exception:
         logger.exception("on_success of %s[%s] raised", task.name, message.id)
     signals.task_success.send(sender=task, result=retval)
-    app.canvas_on_success(task, message, retval)
+    if message.options:  # nothing linked or chained: most tasks skip the canvas
+        on_success(app, task, message, retval)
     return Outcome("ack", message.id, states.SUCCESS, value=retval)
 
 
@@ -335,7 +301,7 @@ def _on_failure(
         traceback=einfo,
         einfo=einfo,
     )
-    app.canvas_on_failure(task, message, exc)
+    on_failure(app, task, message, exc)
     acks = _flag(task.acks_on_failure_or_timeout, app.conf.task_acks_on_failure_or_timeout)
     if acks:
         return Outcome("ack", message.id, states.FAILURE, exc=exc, traceback=einfo)
@@ -377,45 +343,6 @@ def _children() -> dict[str, Any] | None:
     return None
 
 
-class EagerResult(AsyncResult):
-    """The result of ``apply()``: known at once, without asking the backend."""
-
-    def __init__(self, app: Polyq, task_id: str, state: str, value: Any, tb_text: str | None):
-        super().__init__(task_id, app=app)
-        self._eager: dict[str, Any] = {"status": state, "result": value, "traceback": tb_text}
-        if isinstance(value, BaseException):
-            self._eager.update(exception_fields(value, with_traceback=False))
-            self._eager["result"] = None
-        self._exc = value if isinstance(value, BaseException) else None
-
-    def _record(self) -> dict[str, Any]:
-        return self._eager
-
-    def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.5,
-        disable_sync_subtasks: bool = True,
-    ) -> Any:
-        """The value, or the task's own exception object (eager keeps it as raised)."""
-        if self._exc is not None:
-            if propagate:
-                raise self._exc
-            return self._exc
-        return self._eager["result"]
-
-    @property
-    def info(self) -> Any:
-        """The return value or the exception."""
-        return self._exc if self._exc is not None else self._eager["result"]
-
-    result = info
-
-    def __repr__(self) -> str:
-        return f"<EagerResult: {self.id}>"
-
-
 def apply_eagerly(
     task: Task, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
 ) -> EagerResult:
@@ -451,6 +378,4 @@ def apply_eagerly(
 
 
 def _new_id() -> str:
-    from polyq.message import new_id
-
     return new_id()

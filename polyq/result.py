@@ -19,11 +19,22 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from polyq import exceptions, serialization, states
+from polyq.current import default_app
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
+    from polyq.message import TaskMessage
 
-__all__ = ["AsyncResult", "GroupResult", "ResultSet", "decode_record", "encode_record", "meta_key"]
+__all__ = [
+    "AsyncResult",
+    "EagerResult",
+    "GroupResult",
+    "ResultSet",
+    "decode_record",
+    "encode_record",
+    "meta_key",
+    "store_state",
+]
 
 META_PREFIX = "polyq-task-meta-"
 GROUP_PREFIX = "polyq-group-meta-"
@@ -105,8 +116,6 @@ class AsyncResult:
         parent: AsyncResult | None = None,
     ) -> None:
         if app is None:
-            from polyq.app import default_app
-
             app = default_app()
         self.id = id
         self.app = app
@@ -387,8 +396,6 @@ class GroupResult(ResultSet):
     @classmethod
     def restore(cls, group_id: str, app: Polyq | None = None) -> GroupResult | None:
         """The group saved under ``group_id``, or ``None``."""
-        from polyq.app import default_app
-
         app = app or default_app()
         data = app.backend.get(GROUP_PREFIX + group_id)
         if data is None:
@@ -417,3 +424,76 @@ def _from_ids(cls: type[GroupResult], group_id: str, ids: list[Any], app: Polyq)
         for i in ids
     ]
     return cls(group_id, members, app=app)
+
+
+def store_state(
+    app: Polyq,
+    task_id: str,
+    state: str,
+    result: Any = None,
+    *,
+    exc: BaseException | None = None,
+    message: TaskMessage | None = None,
+    hostname: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a task's record to the result backend."""
+    record: dict[str, Any] = {"status": state, "result": result, "task_id": task_id}
+    if exc is not None:
+        record.update(exception_fields(exc))
+        record["result"] = None
+    if state in states.READY_STATES:
+        record["date_done"] = datetime.datetime.now(datetime.UTC).isoformat()
+    if message is not None:
+        record["retries"] = message.retries
+        if app.conf.result_extended:
+            record.update(
+                name=message.task,
+                args=message.args,
+                kwargs=message.kwargs,
+                queue=message.queue,
+                worker=hostname,
+            )
+    if extra:
+        record.update(extra)
+    data = encode_record(record, app.conf.result_serializer)
+    app.backend.set(meta_key(task_id), data, ttl=app.result_ttl)
+
+
+class EagerResult(AsyncResult):
+    """The result of ``apply()``: known at once, without asking the backend."""
+
+    def __init__(self, app: Polyq, task_id: str, state: str, value: Any, tb_text: str | None):
+        super().__init__(task_id, app=app)
+        self._eager: dict[str, Any] = {"status": state, "result": value, "traceback": tb_text}
+        if isinstance(value, BaseException):
+            self._eager.update(exception_fields(value, with_traceback=False))
+            self._eager["result"] = None
+        self._exc = value if isinstance(value, BaseException) else None
+
+    def _record(self) -> dict[str, Any]:
+        return self._eager
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+    ) -> Any:
+        """The value, or the task's own exception object (eager keeps it as raised)."""
+        if self._exc is not None:
+            if propagate:
+                raise self._exc
+            return self._exc
+        return self._eager["result"]
+
+    @property
+    def info(self) -> Any:
+        """The return value or the exception."""
+        return self._exc if self._exc is not None else self._eager["result"]
+
+    result = info
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"

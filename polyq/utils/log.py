@@ -6,7 +6,7 @@ import logging
 import sys
 
 from polyq import signals
-from polyq.task import current_request
+from polyq.request import current_request
 from polyq.url import redact
 
 __all__ = ["get_logger", "get_task_logger", "setup_logging"]

@@ -151,3 +151,102 @@ def test_no_import_cycle() -> None:
     assert not cycles, "import cycles among polyq modules (imports in functions count): " + (
         "; ".join(" <-> ".join(c) for c in cycles)
     )
+
+
+#: The layers of ``polyq``, bottom to top, by module-name prefix (a prefix holds the
+#: module and everything under it). A module imports (at run time) only modules of
+#: its own layer or lower ones. docs/architecture.md draws the same picture.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "leaf",
+        (
+            "polyq",  # the package __init__ alone: its names load on first use
+            "polyq.exceptions",
+            "polyq.states",
+            "polyq.url",
+            "polyq.signals",
+            "polyq.serialization",
+            "polyq.request",
+            "polyq.schedules",
+            "polyq.utils",
+        ),
+    ),
+    ("contract", ("polyq.transport", "polyq.backend", "polyq.capabilities", "polyq.message")),
+    (
+        "app",
+        (
+            "polyq.app",
+            "polyq.config",
+            "polyq.current",
+            "polyq.task",
+            "polyq.result",
+            "polyq.registry",
+            "polyq.loader",
+        ),
+    ),
+    ("canvas", ("polyq.canvas",)),
+    ("execution", ("polyq.execution",)),
+    # Events and the control client sit below the worker: the worker speaks their
+    # protocols (polyq.events.EventDispatcher, polyq.control.CONTROL_CHANNEL).
+    ("events", ("polyq.events",)),
+    ("control", ("polyq.control",)),
+    ("worker", ("polyq.worker",)),
+    ("beat", ("polyq.beat",)),
+    ("monitor", ("polyq.monitor",)),
+    # The CLI wires everything together (worker, beat, the monitor's commands).
+    ("cli", ("polyq.cli", "polyq.__main__", "polyq.demo")),
+    ("top", ("polyq.testing", "polyq.contrib")),
+)
+
+#: Upward imports allowed: lazy imports inside one method each, so that Celery's
+#: API stays on the app and the task (``app.control``, ``app.Worker``,
+#: ``app.add_periodic_task``, ``task_send_sent_event``; ``task.s()``, ``task.map()``,
+#: ``task.chunks()``, ``task.apply()``). None of the targets imports its source back
+#: at run time (``test_no_import_cycle`` proves it).
+FACADE_EDGES = frozenset(
+    {
+        ("polyq.app.base", "polyq.control"),
+        ("polyq.app.base", "polyq.events"),
+        ("polyq.app.base", "polyq.worker"),
+        ("polyq.app.base", "polyq.beat"),
+        ("polyq.task", "polyq.canvas"),
+        ("polyq.task", "polyq.execution"),
+    }
+)
+
+
+def _layer_of(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (length of the matching prefix, layer)
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = module == prefix or (prefix != "polyq" and module.startswith(prefix + "."))
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    return None if best is None else best[1]
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted(m for m in _modules("polyq") if _layer_of(m) is None)
+    assert not missing, f"modules in no layer of LAYERS (place them): {missing}"
+
+
+def test_imports_go_down_the_layers() -> None:
+    upward = []
+    used_facades = set()
+    for source, targets in sorted(_graph().items()):
+        source_layer = _layer_of(source)
+        if source_layer is None:
+            continue  # test_every_module_has_a_layer reports it
+        for target in sorted(targets):
+            target_layer = _layer_of(target)
+            if target_layer is None or target_layer <= source_layer:
+                continue
+            if (source, target) in FACADE_EDGES:
+                used_facades.add((source, target))
+                continue
+            upward.append(
+                f"{source} ({LAYERS[source_layer][0]}) -> {target} ({LAYERS[target_layer][0]})"
+            )
+    assert not upward, "imports going up a layer: " + "; ".join(upward)
+    # The allowed list stays short and true: an edge no longer written is removed.
+    assert used_facades == FACADE_EDGES, f"facade edges not used: {FACADE_EDGES - used_facades}"

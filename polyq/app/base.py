@@ -1,11 +1,17 @@
-"""The application: configuration, the task registry, and sending tasks."""
+"""The application object ``Polyq``: settings, connections, the task registry and
+sending; with ``shared_task``. Its glue lives beside it (:mod:`polyq.app.sending`,
+:mod:`polyq.app.registration`); which app is current lives in :mod:`polyq.current`.
+
+The app reaches four upper layers through lazy imports in one method each (the
+facade edges named in docs/architecture.md): ``polyq.control`` (``app.control``),
+``polyq.events`` (``task_send_sent_event``), ``polyq.worker`` (``app.Worker``) and
+``polyq.beat`` (``app.add_periodic_task``). None of them imports the app at run time.
+"""
 
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import importlib
-import inspect
 import logging
 import os
 import threading
@@ -15,15 +21,25 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast, overload
 
 from polyq import signals
+from polyq.app.registration import annotate, register_builtin_tasks, run_autodiscover
+from polyq.app.sending import (
+    as_list,
+    jsonable_options,
+    publish_with_retry,
+    route,
+    to_timestamp,
+)
 from polyq.backend import ResultBackend
 from polyq.config import Settings, default_sqlite_url
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.current import apps, default_app, register_app, set_default_factory
+from polyq.exceptions import ConfigurationError
 from polyq.message import TaskMessage, encode, new_id, new_ids
 from polyq.registry import create_backend, create_transport
-from polyq.result import AsyncResult
-from polyq.result import AsyncResult as _Result
+from polyq.request import current_request
+from polyq.result import AsyncResult, GroupResult
+from polyq.result import AsyncResult as _Result  # the method AsyncResult shadows it below
 from polyq.serialization import accepted_types
-from polyq.task import Task, current_request
+from polyq.task import Task
 from polyq.transport import OutgoingMessage, Transport
 from polyq.url import redact
 
@@ -31,19 +47,10 @@ __all__ = ["Polyq", "current_app", "default_app", "shared_task"]
 
 logger = logging.getLogger("polyq.app")
 
-#: The app that ``AsyncResult(id)`` and ``shared_task`` use when none is given:
-#: the most recently created one, as Celery's ``current_app``.
-_current: list[Polyq] = []
+#: ``shared_task`` registrations, run on every app created later too.
 _shared_tasks: list[Callable[[Polyq], Task]] = []
 
-
-def default_app() -> Polyq:
-    """The current app, creating a default one (SQLite in the working directory) if none."""
-    if not _current:
-        Polyq("default")
-    return _current[-1]
-
-
+#: Celery's name for the current app (the one created last).
 current_app = default_app
 
 
@@ -58,25 +65,13 @@ def shared_task(*args: Any, **options: Any) -> Any:
             return app.task(**options)(fun)
 
         _shared_tasks.append(register)
-        for app in _current:
+        for app in apps():
             register(app)
         return register(default_app())
 
     if len(args) == 1 and callable(args[0]) and not options:
         return decorate(args[0])
     return decorate
-
-
-#: Task attributes ``task_annotations`` may not set: identity, not behaviour.
-_NOT_ANNOTATABLE = frozenset({"name", "app", "bind", "run"})
-_ANNOTATABLE = sorted(
-    k
-    for k in vars(Task)
-    if not k.startswith("_")
-    and k not in _NOT_ANNOTATABLE
-    and not callable(getattr(Task, k))
-    and not isinstance(vars(Task)[k], property)
-)
 
 
 class Polyq:
@@ -124,11 +119,11 @@ class Polyq:
         from polyq.control import Control
 
         self.control = Control(self)
-        _current.append(self)
+        register_app(self)
         for register in list(_shared_tasks):
             register(self)
         self._sent_events_enabled = False
-        __import__("polyq.canvas").canvas.register_builtin_tasks(self)  # polyq.map, .starmap
+        register_builtin_tasks(self)  # polyq.map, polyq.starmap
 
     # -- configuration ---------------------------------------------------------
 
@@ -156,19 +151,7 @@ class Polyq:
         now with ``force``."""
         self._autodiscover.append((packages, related_name))
         if force:
-            self._run_autodiscover()
-
-    def _run_autodiscover(self) -> None:
-        while self._autodiscover:
-            packages, related = self._autodiscover.pop(0)
-            if callable(packages):
-                packages = packages()
-            for package in packages or ():
-                try:
-                    importlib.import_module(f"{package}.{related}")
-                except ModuleNotFoundError as exc:
-                    if exc.name not in (f"{package}.{related}",):
-                        raise
+            run_autodiscover(self._autodiscover)
 
     def finalize(self) -> None:
         """Import configured modules (``imports``, ``include``) and autodiscovered
@@ -179,51 +162,9 @@ class Polyq:
         self._finalized = True
         for module in [*self.conf.imports, *self.conf.include]:
             importlib.import_module(module)
-        self._run_autodiscover()
+        run_autodiscover(self._autodiscover)
         for task in list(self._tasks.values()):
-            self._annotate(task)
-
-    def _annotate(self, task: Task) -> None:
-        """Set the attributes ``task_annotations`` gives ``task``: those for every
-        task (``"*"``) first, then those for its name or from ``annotate(task)``, so
-        the specific ones win (Celery applies ``"*"`` last)."""
-        annotations = self.conf.task_annotations
-        if not annotations:
-            return
-        many = isinstance(annotations, list | tuple)
-        every: list[tuple[str, dict[str, Any]]] = []
-        specific: list[tuple[str, dict[str, Any]]] = []
-        for i, entry in enumerate(annotations if many else [annotations]):
-            where = f"task_annotations[{i}]" if many else "task_annotations"
-            if isinstance(entry, dict):
-                if entry.get("*"):
-                    every.append((f"{where}['*']", dict(entry["*"])))
-                if entry.get(task.name):
-                    specific.append((f"{where}[{task.name!r}]", dict(entry[task.name])))
-            elif callable(getattr(entry, "annotate", None)):
-                values = entry.annotate(task)
-                if values:
-                    specific.append((f"{where}.annotate()", dict(values)))
-            else:
-                raise ConfigurationError(
-                    f"{where} is {entry!r}: give a dict of task name (or '*') to attributes, "
-                    "an object with annotate(task) returning such attributes, or a list of these"
-                )
-        cls = type(task)
-        for where, values in every + specific:
-            for key, value in values.items():
-                if key.startswith("@"):
-                    raise ConfigurationError(
-                        f"{where} wraps the method {key[1:]!r} of {task.name}: polyq does not "
-                        "wrap task methods from settings; subclass app.Task with the method "
-                        "and pass base= to @app.task"
-                    )
-                if key not in _ANNOTATABLE:
-                    raise ConfigurationError(
-                        f"{where} sets {key!r} on {task.name}, which is not a task option; "
-                        f"use one of: {', '.join(_ANNOTATABLE)}"
-                    )
-                setattr(cls, key, tuple(value) if key == "autoretry_for" else value)
+            annotate(task, self.conf.task_annotations)
 
     @property
     def broker_url(self) -> str:
@@ -366,7 +307,7 @@ class Polyq:
         cls = type(fun.__name__, (base,), attrs)
         task = cast(Task, cls())
         self._tasks[name] = task
-        self._annotate(task)
+        annotate(task, self.conf.task_annotations)
         return task
 
     def _task_name(self, fun: Callable[..., Any]) -> str:
@@ -382,7 +323,7 @@ class Polyq:
             raise ValueError(f"{instance!r} has no name")
         type(instance).app = self
         self._tasks[instance.name] = instance
-        self._annotate(instance)
+        annotate(instance, self.conf.task_annotations)
         return instance
 
     # -- sending ---------------------------------------------------------------
@@ -423,10 +364,10 @@ class Polyq:
         if extra:
             raise TypeError(f"unknown option(s) for sending {name}: {sorted(extra)}")
         task = task_type or self._tasks.get(name)
-        route = self._route(name, args, kwargs, task)
-        queue = queue or route.get("queue") or (task.queue if task else None)
+        route_options = route(self.conf, name, args, kwargs, task)
+        queue = queue or route_options.get("queue") or (task.queue if task else None)
         if priority is None:
-            priority = route.get("priority")
+            priority = route_options.get("priority")
         if priority is None and task is not None:
             priority = task.priority
         if priority is None:
@@ -451,10 +392,10 @@ class Polyq:
         if options or link is not None or link_error is not None:
             canvas_options = dict(options or {})
             if link is not None:
-                canvas_options["link"] = _as_list(link)
+                canvas_options["link"] = as_list(link)
             if link_error is not None:
-                canvas_options["link_error"] = _as_list(link_error)
-            canvas_options = _jsonable_options(canvas_options)
+                canvas_options["link_error"] = as_list(link_error)
+            canvas_options = jsonable_options(canvas_options)
         message = TaskMessage(
             task=name,
             id=task_id,
@@ -535,6 +476,28 @@ class Polyq:
             sender=message.task, body=out.body, headers=out.headers, routing_key=out.queue
         )
 
+    def publish_raw(
+        self,
+        messages: Sequence[OutgoingMessage],
+        *,
+        connection: Any = None,
+        retry: bool | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish encoded messages, retrying connection errors under
+        ``task_publish_retry_policy`` before raising."""
+        publish_with_retry(
+            self.transport,
+            self.conf,
+            messages,
+            connection=connection,
+            retry=retry,
+            retry_policy=retry_policy,
+        )
+
+    def _to_timestamp(self, value: Any, relative: bool) -> float | None:
+        return to_timestamp(value, relative, self.conf.enable_utc, self.timezone)
+
     def native_delay(self, eta: float | None, now: float | None = None) -> float:
         """The delay to ask of the broker for ``eta``: all of it, or the broker's
         maximum (the worker re-delays the rest when the message arrives)."""
@@ -546,126 +509,6 @@ class Polyq:
             delay = min(delay, limit)
         return delay
 
-    def publish_raw(
-        self,
-        messages: Sequence[OutgoingMessage],
-        *,
-        connection: Any = None,
-        retry: bool | None = None,
-        retry_policy: dict[str, Any] | None = None,
-    ) -> None:
-        """Publish encoded messages, retrying connection errors under
-        ``task_publish_retry_policy`` before raising."""
-        transport = self.transport
-        kwargs: dict[str, Any] = {}
-        if connection is not None:
-            if not transport.capabilities.transactional_enqueue:
-                raise ConfigurationError(
-                    f"connection= (publish inside your database transaction) needs a SQL broker "
-                    f"on the same database; the broker {transport.describe()} cannot join a "
-                    "transaction. Remove connection= or use a postgresql://, mysql:// or "
-                    "sqlite:// broker."
-                )
-            kwargs["connection"] = connection
-            retry = False  # the caller's transaction decides; a retry could duplicate it
-        try:
-            transport.publish(messages, **kwargs)
-        except BrokerError as exc:
-            self._publish_again(transport, messages, kwargs, exc, retry, retry_policy)
-
-    def _publish_again(
-        self,
-        transport: Transport,
-        messages: Sequence[OutgoingMessage],
-        kwargs: dict[str, Any],
-        exc: BrokerError,
-        retry: bool | None,
-        retry_policy: dict[str, Any] | None,
-    ) -> None:
-        # publish_raw after a failed first attempt: the policy is read only now, so
-        # a publish that succeeds at once pays nothing for it.
-        if retry is None:
-            retry = self.conf.task_publish_retry
-        policy = {**self.conf.task_publish_retry_policy, **(retry_policy or {})}
-        attempts = int(policy.get("max_retries", 3)) if retry else 0
-        pause = float(policy.get("interval_start", 0.0))
-        attempt = 0
-        while True:
-            if attempt >= attempts or type(exc).__name__ == "MessageTooLarge":
-                raise exc
-            logger.warning(
-                "publish to %s failed (%s); retry %d/%d in %.1fs",
-                redact(transport.describe()),
-                redact(str(exc)),
-                attempt + 1,
-                attempts,
-                pause,
-            )
-            time.sleep(pause)
-            pause = min(
-                pause + float(policy.get("interval_step", 0.2)),
-                float(policy.get("interval_max", 1.0)),
-            )
-            attempt += 1
-            try:
-                transport.publish(messages, **kwargs)
-                return
-            except BrokerError as again:
-                exc = again
-
-    def _route(self, name: str, args: Any, kwargs: Any, task: Task | None) -> dict[str, Any]:
-        routes = self.conf.task_routes
-        if not routes:
-            return {}
-        for router in routes if isinstance(routes, list | tuple) else [routes]:
-            found: Any = None
-            if callable(router):
-                params = inspect.signature(router).parameters
-                found = (
-                    router(name, args, kwargs, {}, task=task)
-                    if "task" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-                    else router(name, args, kwargs, {})
-                )
-            elif isinstance(router, dict):
-                for pattern, value in router.items():
-                    if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                        found = value
-                        break
-            if found:
-                return {"queue": found} if isinstance(found, str) else dict(found)
-        return {}
-
-    def _to_timestamp(self, value: Any, relative: bool) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, datetime.datetime):
-            if value.tzinfo is None:
-                value = value.replace(
-                    tzinfo=datetime.UTC if self.conf.enable_utc else self.timezone
-                )
-            return float(value.timestamp())
-        if isinstance(value, datetime.timedelta):
-            return time.time() + value.total_seconds()
-        if isinstance(value, int | float):
-            return time.time() + float(value) if relative else float(value)
-        raise TypeError(f"expected a datetime or a number of seconds, not {value!r}")
-
-    # -- canvas hooks (filled in by polyq.canvas) -------------------------------
-
-    def canvas_on_success(self, task: Task, message: TaskMessage, retval: Any) -> None:
-        """Send ``link`` callbacks (and what follows in a chain) after a success."""
-        if not message.options:
-            return  # nothing linked or chained: most tasks, and no import per task
-        from polyq.canvas import on_success
-
-        on_success(self, task, message, retval)
-
-    def canvas_on_failure(self, task: Task, message: TaskMessage, exc: BaseException) -> None:
-        """Send ``link_error`` callbacks after a failure."""
-        from polyq.canvas import on_failure
-
-        on_failure(self, task, message, exc)
-
     # -- conveniences ----------------------------------------------------------
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
@@ -674,8 +517,6 @@ class Polyq:
 
     def GroupResult(self, group_id: str, results: Sequence[_Result]) -> Any:
         """A group result handle."""
-        from polyq.result import GroupResult
-
         return GroupResult(group_id, results, app=self)
 
     def add_periodic_task(
@@ -696,28 +537,5 @@ class Polyq:
         return f"<Polyq {self.main or '__main__'} broker={redact(self.broker_url)}>"
 
 
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _jsonable_options(options: dict[str, Any]) -> dict[str, Any]:
-    # Signatures are dicts already; plain tasks given as link= become signatures.
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in ("link", "link_error"):
-            out[key] = [dict(_to_signature(v)) for v in value]
-        else:
-            out[key] = value
-    return out
-
-
-def _to_signature(value: Any) -> Any:
-    from polyq.canvas import Signature
-
-    if isinstance(value, Task):
-        return value.s()
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, Signature):
-        return value
-    raise TypeError(f"link/link_error take signatures or tasks, not {value!r}")
+# ``default_app()`` (polyq.current) makes this when no app exists yet.
+set_default_factory(lambda: Polyq("default"))
