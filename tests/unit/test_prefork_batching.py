@@ -16,7 +16,7 @@ import pytest
 from polyq import Polyq
 from polyq.message import peek
 from polyq.testing.worker import start_worker
-from polyq.worker import SHORT_TASK_PREFETCH
+from polyq.worker.consumer import SHORT_TASK_PREFETCH
 from polyq.worker.pools import BATCH_MAX, Job, PreforkPool, Result, base
 from polyq.worker.pools.prefork import batching
 
