@@ -258,12 +258,13 @@ class Consumer:
         if limit > 0:
             self._redelay(delivery, eta, now)  # a hop of max_delay: slow, never busy
             return
-        logger.warning(
-            "%d messages already wait here for their ETA (the broker cannot delay); "
-            "giving %s back to the broker",
-            worker.eta_hold_limit,
-            delivery.message_id,
-        )
+        if not self._overflowed:  # once per receive, not per message
+            logger.warning(
+                "%d messages already wait here for their ETA (the broker cannot delay); "
+                "giving %s back to the broker",
+                worker.eta_hold_limit,
+                delivery.message_id,
+            )
         worker.transport.nack(delivery)
         self._overflowed += 1
 
