@@ -18,8 +18,6 @@ __all__ = ["BATCH_BUDGET", "BATCH_MAX", "Child", "expected_runtime", "place"]
 BATCH_BUDGET = 0.002
 #: The most jobs one child holds at a time.
 BATCH_MAX = 32
-#: How long the pool lets results gather while children are busy.
-RESULT_GATHER = 0.0005
 
 
 @dataclasses.dataclass(eq=False)

@@ -31,6 +31,8 @@ def child_main(
     max_tasks: int | None,
     max_memory_kib: int | None,
 ) -> None:
+    """A forked child's life: run the batches the parent sends until told to stop,
+    recycled, or orphaned."""
     # The parent handles shutdown signals; a child only stops when told or killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
