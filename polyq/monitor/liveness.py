@@ -58,12 +58,12 @@ class Liveness:
     def check(self) -> str | None:
         """``None`` when live, else why not."""
         w = self.worker
-        if w._stop_consuming.is_set():
+        if w.stopping.is_set():
             return "shutting down"
         stalled = time.monotonic() - getattr(w, "last_poll", time.monotonic())
         if stalled > self.max_stall:
             return f"consumer loop stalled for {stalled:.0f}s"
-        dead = [t.name for t in w._threads if not t.is_alive() and t.name != "polyq-control"]
+        dead = [t.name for t in w.threads if not t.is_alive() and t.name != "polyq-control"]
         if dead:
             return f"thread(s) died: {', '.join(dead)}"
         return None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
-__all__ = ["TokenBucket", "parse_rate"]
+__all__ = ["RateLimits", "TokenBucket", "parse_rate"]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -44,3 +45,35 @@ class TokenBucket:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate
+
+    def reserve(self) -> float:
+        """Take a token if one is there (return 0), else reserve the next one and return
+        the seconds until it is due: later calls then queue up behind this one."""
+        wait = self.take()
+        if wait > 0:
+            self._tokens -= 1.0
+        return wait
+
+
+class RateLimits:
+    """The worker's token buckets, one per rate-limited task name."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, name: str, rate: str | float | int) -> float:
+        """Seconds ``name`` must wait for its turn under ``rate`` (0: run now); the
+        turn is taken either way (see :meth:`TokenBucket.reserve`)."""
+        with self._lock:
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                bucket = self._buckets[name] = TokenBucket(parse_rate(rate) or 1e9)
+            return bucket.reserve()
+
+    def set(self, name: str, per_second: float | None) -> None:
+        """Start ``name`` afresh at ``per_second`` (``None``: no bucket until next use)."""
+        with self._lock:
+            self._buckets.pop(name, None)
+            if per_second:
+                self._buckets[name] = TokenBucket(per_second)

@@ -1,14 +1,15 @@
-"""Remote-control commands a worker answers (besides ``revoke``, handled inline).
+"""Remote control of a worker: the control thread and the commands it answers.
 
-The worker's control thread calls :func:`handle` for each command broadcast on
-the control channel (see :mod:`polyq.control` for the protocol). A command
-whose ``destination`` does not name this worker is ignored. When it carries a
-``reply_to`` channel the handler's return value is broadcast there as
-``{"ticket", "hostname", "reply"}``.
+The control thread (:class:`ControlListener`) listens on the control channel (see
+:mod:`polyq.control` for the protocol); without broadcast it re-reads the durable
+revokes now and then instead. ``revoke`` is handled by :func:`revoke` (no reply);
+every other command goes to :func:`handle`. A command whose ``destination`` does
+not name this worker is ignored. When it carries a ``reply_to`` channel the
+handler's return value is broadcast there as ``{"ticket", "hostname", "reply"}``.
 
-Handlers run in the control thread; the worker's consumer reads
-``worker.queues`` on every iteration and its rate-limit buckets under
-``worker._cond``, so replacing the list or a bucket is enough to take effect.
+Handlers run in the control thread; the worker's consumer reads ``worker.queues``
+on every iteration and the rate limits on each message, so replacing the list or
+a limit is enough to take effect.
 """
 
 from __future__ import annotations
@@ -16,20 +17,85 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from polyq.worker import Worker
-    from polyq.worker.pools import Job
+from polyq.control import CONTROL_CHANNEL
+from polyq.events import message_fields
+from polyq.transport import Delivery
+from polyq.worker.ratelimit import parse_rate
 
-__all__ = ["COMMANDS", "handle", "stats"]
+if TYPE_CHECKING:
+    from polyq.worker.pools import Job
+    from polyq.worker.worker import Worker
+
+__all__ = ["COMMANDS", "ControlListener", "handle", "revoke", "stats"]
 
 logger = logging.getLogger("polyq.worker")
 
 Handler = Callable[["Worker", dict[str, Any]], Any]
+
+
+class ControlListener:
+    """The worker's control thread: revokes and commands, until the worker stops."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def run(self) -> None:
+        """Listen (again after a pause if the broker goes away) until stopped."""
+        worker = self.worker
+        if not worker.transport.capabilities.broadcast:
+            # No broadcast: re-read the durable revokes now and then instead.
+            while not worker.stopped.wait(2.0):
+                worker.revocations.load(worker.app)
+            return
+        pause = 1.0
+        while not worker.stopped.is_set():
+            try:
+                self._listen_once()
+                pause = 1.0
+            except Exception:
+                # The broker went away: revokes and commands must still arrive after it
+                # comes back, so listen again (and re-read durable revokes) after a pause.
+                logger.warning(
+                    "control channel lost; listening again in %.0fs", pause, exc_info=True
+                )
+                worker.stopped.wait(pause)
+                pause = min(pause * 2, 30.0)
+
+    def _listen_once(self) -> None:
+        worker = self.worker
+        with worker.transport.subscribe(CONTROL_CHANNEL) as subscription:
+            worker.revocations.load(worker.app)  # anything revoked while we were not listening
+            while not worker.stopped.is_set():
+                body = subscription.get(1.0)
+                if body is None:
+                    continue
+                try:
+                    command = json.loads(body)
+                    arguments = command.get("arguments") or {}
+                    if command["command"] == "revoke":
+                        revoke(worker, arguments)
+                    else:
+                        handle(worker, command["command"], arguments)
+                except Exception:
+                    logger.exception("bad control message %r", body[:200])
+
+
+def revoke(worker: Worker, arguments: dict[str, Any]) -> None:
+    """Remember ``ids`` as revoked, kill them if running (``terminate``), and settle
+    those queued here as REVOKED (the others are, when they arrive)."""
+    ids = list(arguments.get("ids") or [])
+    worker.revocations.add(ids)
+    if arguments.get("terminate"):
+        signum = getattr(signal, str(arguments.get("signal", "SIGTERM")), signal.SIGTERM)
+        for task_id in ids:
+            worker.pool.terminate_job(task_id, signum)
+    worker.consumer.revoke_queued()
 
 
 def handle(worker: Worker, command: str, arguments: dict[str, Any]) -> None:
@@ -73,9 +139,6 @@ def _job_info(worker: Worker, job: Job, running: bool) -> dict[str, Any]:
         # job.started is monotonic; report wall-clock time.
         info["time_start"] = time.time() - (time.monotonic() - job.started)
     try:
-        from polyq.events import message_fields
-        from polyq.transport import Delivery
-
         delivery = Delivery(job.queue, job.message_id, job.body, job.headers, job.delivery_count)
         fields = message_fields(delivery, worker.app.accept)
         info.update(args=fields.get("args"), kwargs=fields.get("kwargs"), eta=fields.get("eta"))
@@ -98,8 +161,7 @@ def active(worker: Worker, arguments: dict[str, Any]) -> Any:
 
 def reserved(worker: Worker, arguments: dict[str, Any]) -> Any:
     """Jobs prefetched and waiting for a pool slot (or their rate limit)."""
-    with worker._cond:
-        jobs = list(worker._pending) + [job for _, _, job in sorted(worker._delayed)]
+    jobs = worker.backlog.snapshot()
     return [_job_info(worker, job, False) for job in jobs]
 
 
@@ -110,7 +172,7 @@ def registered(worker: Worker, arguments: dict[str, Any]) -> Any:
 
 def revoked(worker: Worker, arguments: dict[str, Any]) -> Any:
     """Revoked ids this worker knows."""
-    return sorted(worker._revoked)
+    return worker.revocations.ids()
 
 
 def active_queues(worker: Worker, arguments: dict[str, Any]) -> Any:
@@ -122,8 +184,7 @@ def stats(worker: Worker, arguments: dict[str, Any] | None = None) -> dict[str, 
     """Pool, counters, uptime, queues and broker (credentials redacted); also the
     fields of each ``worker-heartbeat`` event."""
     pool = worker.pool
-    with worker._cond:
-        reserved_count = len(worker._pending) + len(worker._delayed)
+    reserved_count = worker.backlog.reserved_count()
     info: dict[str, Any] = {
         "hostname": worker.hostname,
         "pid": os.getpid(),
@@ -131,6 +192,7 @@ def stats(worker: Worker, arguments: dict[str, Any] | None = None) -> dict[str, 
         "concurrency": pool.concurrency,
         "active": len(pool.running),
         "reserved": reserved_count,
+        "scheduled": worker.backlog.scheduled_count(),
         "processed": worker.processed,
         "prefetch_limit": worker.prefetch_limit,
         "queues": list(worker.queues),
@@ -155,19 +217,14 @@ def stats(worker: Worker, arguments: dict[str, Any] | None = None) -> dict[str, 
 
 def rate_limit(worker: Worker, arguments: dict[str, Any]) -> Any:
     """Set ``task_name``'s rate limit on this worker (``None``/0 removes it)."""
-    from polyq.worker.ratelimit import TokenBucket, parse_rate
-
     name = str(arguments.get("task_name"))
     task = worker.app.tasks.get(name)
     if task is None:
         return {"error": f"unknown task {name!r} on {worker.hostname}"}
     rate = arguments.get("rate_limit")
     per_second = parse_rate(rate)  # raises ValueError with the accepted forms
-    with worker._cond:
-        task.rate_limit = rate or None  # type: ignore[misc]  # per-worker override
-        worker._buckets.pop(name, None)
-        if per_second:
-            worker._buckets[name] = TokenBucket(per_second)
+    task.rate_limit = rate or None  # type: ignore[misc]  # per-worker override
+    worker.rate_limits.set(name, per_second)
     return {"ok": f"rate limit of {name} set to {rate or 'none'}"}
 
 
@@ -201,8 +258,7 @@ def _resize(worker: Worker) -> None:
     multiplier = max(1, worker.prefetch_limit // max(1, worker.concurrency))
     worker.concurrency = worker.pool.concurrency
     worker.prefetch_limit = max(worker.concurrency, worker.concurrency * multiplier)
-    with worker._cond:
-        worker._cond.notify_all()
+    worker.backlog.wake()
 
 
 def pool_grow(worker: Worker, arguments: dict[str, Any]) -> Any:

@@ -16,16 +16,18 @@ import pytest
 from polyq import Polyq
 from polyq.message import peek
 from polyq.testing.worker import start_worker
-from polyq.worker import SHORT_TASK_PREFETCH, pools
-from polyq.worker.pools import BATCH_MAX, Job, PreforkPool, Result
+from polyq.worker.consumer import SHORT_TASK_PREFETCH
+from polyq.worker.pools import BATCH_MAX, Job, PreforkPool, Result, base
+from polyq.worker.pools.prefork import batching
 
 
 @pytest.fixture(autouse=True)
 def _roomy_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     # What counts as tiny is a matter of microseconds, which a loaded CI machine
     # cannot promise; the logic under test is the same with roomier thresholds.
-    monkeypatch.setattr(pools, "SHORT_TASK", 0.01)
-    monkeypatch.setattr(pools, "BATCH_BUDGET", 0.2)
+    monkeypatch.setattr(base, "SHORT_TASK", 0.01)  # the worker's prefetch window
+    monkeypatch.setattr(batching, "SHORT_TASK", 0.01)  # what may share a child
+    monkeypatch.setattr(batching, "BATCH_BUDGET", 0.2)
 
 
 @pytest.fixture

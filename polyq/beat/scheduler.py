@@ -1,299 +1,40 @@
-"""``polyq beat``: sends periodic tasks, safely when several beats run.
-
-Entries come from the ``beat_schedule`` setting (Celery's format)::
-
-    app.conf.beat_schedule = {
-        "cleanup": {"task": "proj.tasks.cleanup", "schedule": crontab(minute=0, hour=3)},
-        "ping": {"task": "proj.tasks.ping", "schedule": 30.0, "args": [1],
-                 "options": {"queue": "pings", "priority": 5, "expires": 25}},
-    }
-
-Schedules (:mod:`polyq.schedules`) are pure functions of the configuration, so
-every beat process computes the same *scheduled times*. Beats coordinate only
-through the result backend (:class:`polyq.backend.ResultBackend`): no local file
-or lock, so beats on different machines or directories are safe.
-
-Leader election: time-sliced leases
------------------------------------
-Time is cut into *slots* of ``beat_lease_time`` seconds (slot ``k`` is
-``[k*T, (k+1)*T)`` in Unix time). A beat leads slot ``k`` if it stored its token
-under ``<prefix>leader-<k>`` with ``set_if_absent``: exactly one beat wins each
-slot, and no key is ever overwritten — the backend has no compare-and-set, and
-"read the token, then ``set`` to renew" can overwrite a lease another beat took
-between the read and the write. Instead the leader renews by claiming the
-*next* slot in the last quarter of its own, while the others try a slot only a
-short grace after it began, so the incumbent keeps the lead and a dead leader
-is replaced at the start of the first slot it did not claim: within one to two
-lease times. A leader that stops cleanly deletes its slot keys, and another beat
-takes over within a quarter of a lease.
-
-Fencing and deduplication
--------------------------
-Before every send the leader re-reads the key of the current slot (by its own
-clock) and sends only if it holds its token: a beat that was stopped
-(``SIGSTOP``, a long GC pause, a suspended VM) past its lease wakes up in a slot
-it does not own and sends nothing. The final guard is a key per (entry,
-scheduled time), ``<prefix>sent-<entry>-<time>``, taken with ``set_if_absent``
-before publishing: whatever the leases do, a scheduled run is published at most
-once. The message's task id is derived from the same pair (UUID 5), so a run is
-also recognisable downstream.
-
-Limits, stated honestly: (1) a beat paused *between* its last check and the
-publish can still publish that one run late — once, never twice; (2) a beat
-killed between taking the run's key and publishing loses that run (at most once,
-as a periodic run is meant to be; a publish that *fails* releases the key, logs
-an error and is retried); (3) slots are read from each beat's wall clock, so
-clocks skewed by more than the grace (a tenth of a lease, at most 1 s) make the
-lead change hands more often — the per-run key still prevents duplicates.
-
-Missed runs
------------
-A run is *on time* when the leader reaches it within ``beat_lease_time`` of its
-scheduled time (and after this beat started); all on-time runs are sent. Older
-runs were missed (every beat was down, or a leader died): with
-``beat_missed_policy = "run_once"`` (the default) the latest missed run is sent
-once, on start or take-over, unless an on-time run follows it; with ``"skip"``
-missed runs are dropped. A new entry (no state yet) starts with its next run.
-
-State
------
-``<prefix>state-<entry>`` holds, per entry, the last run's scheduled time, when
-and by which beat it was sent, its task id and a run count (JSON). ``polyq beat
---list`` and :func:`status` (for the dashboard) read it. The leader also calls the
-backend's ``cleanup()`` once an hour (Celery's beat runs ``backend_cleanup``), so
-expired run keys and results do not pile up in stores without native expiry.
-
-Settings: ``beat_schedule``, ``beat_lease_time`` (seconds, default 10),
-``beat_missed_policy``, ``beat_max_loop_interval`` (longest sleep, default 5 s),
-``beat_key_prefix`` (default ``polyq-beat-``; give apps sharing one backend
-different prefixes), ``timezone`` and ``enable_utc`` (see :func:`schedule_timezone`).
-"""
+"""The beat scheduler: the loop that sends due runs while this beat holds the
+leader lease (time-sliced, so two beats running at once send each run once).
+How the lease, the fencing and missed runs work: ``docs/design/beat.md``."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
-import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from polyq.exceptions import ConfigurationError, PolyqError
-from polyq.schedules import BaseSchedule, maybe_schedule
+from polyq.beat.entries import Entry, EntryStatus, load_schedule, schedule_timezone
+from polyq.exceptions import ConfigurationError
 from polyq.url import redact
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
 
-__all__ = [
-    "MISSED_POLICIES",
-    "Beat",
-    "Entry",
-    "EntryStatus",
-    "add_periodic_task",
-    "beat",
-    "load_schedule",
-    "schedule_timezone",
-    "start_embedded",
-    "status",
-]
+__all__ = ["MISSED_POLICIES", "Beat", "start_embedded"]
 
 logger = logging.getLogger("polyq.beat")
 
 #: Values of ``beat_missed_policy``.
 MISSED_POLICIES = ("run_once", "skip")
-#: ``options`` an entry may pass on to ``app.send_task``.
-_SEND_OPTIONS = frozenset(
-    {
-        "queue",
-        "priority",
-        "expires",
-        "headers",
-        "countdown",
-        "time_limit",
-        "soft_time_limit",
-        "ignore_result",
-        "serializer",
-        "compression",
-    }
-)
-_ENTRY_KEYS = frozenset({"task", "schedule", "args", "kwargs", "options"})
 #: Most on-time runs of one entry sent in one pass (a 1 ms interval is a mistake).
 _MAX_RUNS_PER_PASS = 1000
 _UTC = datetime.UTC
 #: Seconds between the leader's backend cleanups.
 _CLEANUP_EVERY = 3600.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One validated ``beat_schedule`` entry."""
-
-    name: str
-    task: str
-    schedule: BaseSchedule
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class EntryStatus:
-    """An entry with its last run (from the backend) and next run, for listings."""
-
-    name: str
-    task: str
-    schedule: str
-    last_scheduled: datetime.datetime | None
-    last_sent: datetime.datetime | None
-    sent_by: str | None
-    task_id: str | None
-    total_run_count: int
-    next_run: datetime.datetime | None
-
-
-def load_schedule(schedule: Mapping[str, Any]) -> list[Entry]:
-    """Validate ``beat_schedule``; raise :class:`ConfigurationError` naming the
-    entry and what is wrong with it."""
-    if not isinstance(schedule, Mapping):
-        raise ConfigurationError(
-            f"beat_schedule must be a dict of entry name -> entry, not {type(schedule).__name__}"
-        )
-    entries = []
-    for name, spec in schedule.items():
-        where = f"beat_schedule[{name!r}]"
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"{where}: entry names must be non-empty strings")
-        if not isinstance(spec, Mapping):
-            raise ConfigurationError(f"{where} must be a dict with 'task' and 'schedule'")
-        unknown = set(spec) - _ENTRY_KEYS
-        if unknown:
-            hint = (
-                " (intervals always count in UTC from the epoch)" if "relative" in unknown else ""
-            )
-            raise ConfigurationError(
-                f"{where}: unknown key(s) {sorted(unknown)}{hint}; "
-                f"an entry has {sorted(_ENTRY_KEYS)}"
-            )
-        task = spec.get("task")
-        if not isinstance(task, str) or not task:
-            raise ConfigurationError(f"{where}: 'task' must be the task's name, e.g. 'proj.add'")
-        if "schedule" not in spec:
-            raise ConfigurationError(
-                f"{where}: 'schedule' is missing (seconds, a timedelta or crontab(...))"
-            )
-        try:
-            sched = maybe_schedule(spec["schedule"])
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"{where}: {exc}") from None
-        args = spec.get("args") or ()
-        if not isinstance(args, list | tuple):
-            raise ConfigurationError(f"{where}: 'args' must be a list or tuple")
-        kwargs = spec.get("kwargs") or {}
-        if not isinstance(kwargs, Mapping):
-            raise ConfigurationError(f"{where}: 'kwargs' must be a dict")
-        options = spec.get("options") or {}
-        if not isinstance(options, Mapping):
-            raise ConfigurationError(f"{where}: 'options' must be a dict")
-        bad = set(options) - _SEND_OPTIONS
-        if bad:
-            raise ConfigurationError(
-                f"{where}: unsupported option(s) {sorted(bad)}; use {sorted(_SEND_OPTIONS)}"
-            )
-        entries.append(Entry(name, task, sched, tuple(args), dict(kwargs), dict(options)))
-    return entries
-
-
-def add_periodic_task(
-    app: Polyq,
-    schedule: Any,
-    sig: Any,
-    name: str | None = None,
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> str:
-    """Celery's ``app.add_periodic_task``: add ``sig`` (a task's signature, a task,
-    or a task name) to ``beat_schedule`` under ``name`` and return the entry name.
-
-    ``args`` and ``kwargs`` are added to the signature's; ``options`` (``queue``,
-    ``priority``, ``expires``...) override its options. Canvas (chains, groups)
-    cannot be scheduled: schedule a task that builds it.
-    """
-    if isinstance(sig, Mapping):
-        if sig.get("subtask_type"):
-            raise ConfigurationError(
-                f"add_periodic_task: a {sig['subtask_type']} cannot be scheduled; "
-                "schedule a task that sends it"
-            )
-        task = str(sig["task"])
-        args = [*(sig.get("args") or ()), *args]
-        kwargs = {**(sig.get("kwargs") or {}), **(kwargs or {})}
-        options = {**(sig.get("options") or {}), **options}
-    else:
-        task = sig if isinstance(sig, str) else str(sig.name)
-        args, kwargs = list(args), dict(kwargs or {})
-    kwargs = dict(kwargs or {})
-    # Celery names an unnamed entry after the call it makes.
-    shown = [*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())]
-    entry_name = name or f"{task}({', '.join(shown)})"
-    entry = {"task": task, "schedule": schedule, "args": list(args), "kwargs": kwargs}
-    if options:
-        entry["options"] = dict(options)
-    load_schedule({entry_name: entry})  # fail now, naming the entry, not when beat starts
-    app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), entry_name: entry}
-    return entry_name
-
-
-def schedule_timezone(app: Polyq) -> datetime.tzinfo:
-    """The zone crontab wall times are read in: ``timezone`` when set (Celery's
-    rule, whatever ``enable_utc``); otherwise UTC, or the machine's local zone
-    when ``enable_utc`` is false."""
-    conf = app.conf
-    if conf.is_set("timezone") or conf.enable_utc:
-        name = conf.timezone or "UTC"
-        try:
-            return zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigurationError(
-                f"timezone {name!r} is not a known IANA zone (e.g. 'Europe/Paris'); "
-                "on systems without tz data, pip install tzdata"
-            ) from None
-    return _local_zone()
-
-
-def _local_zone() -> datetime.tzinfo:
-    name = os.environ.get("TZ", "").lstrip(":")
-    if not name:
-        try:
-            target = os.path.realpath("/etc/localtime")
-            if "zoneinfo/" in target:
-                name = target.split("zoneinfo/", 1)[1]
-        except OSError:
-            name = ""
-    if name:
-        try:
-            return zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            pass
-    zone = datetime.datetime.now().astimezone().tzinfo or _UTC
-    logger.warning(
-        "cannot name the local timezone; using the fixed offset %s (no daylight-saving "
-        "changes): set the timezone setting",
-        zone,
-    )
-    return zone
 
 
 class _LostLease(Exception):
@@ -719,23 +460,6 @@ class Beat:
             return None
 
 
-def status(app: Polyq) -> dict[str, Any]:
-    """The beat's state for dashboards: the current leader and every entry (JSON-able)."""
-    b = Beat(app)
-    return {
-        "leader": b.leader(),
-        "lease_time": b.lease_time,
-        "timezone": str(b.tz),
-        "entries": [
-            {
-                k: v.isoformat() if isinstance(v, datetime.datetime) else v
-                for k, v in dataclasses.asdict(s).items()
-            }
-            for s in b.status()
-        ],
-    }
-
-
 def start_embedded(app: Polyq, **options: Any) -> Beat:
     """Run a beat in a daemon thread of this process (``worker -B``); ``stop()`` it."""
     b = Beat(app, **options)
@@ -743,73 +467,3 @@ def start_embedded(app: Polyq, **options: Any) -> Beat:
     thread.start()
     b.thread = thread
     return b
-
-
-def _fmt(value: datetime.datetime | None, tz: datetime.tzinfo) -> str:
-    if value is None:
-        return "never"
-    return value.astimezone(tz).isoformat(sep=" ", timespec="seconds")
-
-
-@click.command("beat")
-@click.option("--list", "show_list", is_flag=True, help="show entries, last and next runs; exit")
-@click.option("-l", "--loglevel", default="INFO", show_default=True)
-@click.option("--max-interval", type=float, help="longest sleep between checks, seconds")
-@click.option("--lease-time", type=float, help="leader lease, seconds (beat_lease_time)")
-@click.option("-s", "--schedule", "schedule_file", hidden=True, help="Celery's; ignored")
-@click.pass_obj
-def beat(
-    obj: Any,
-    show_list: bool,
-    loglevel: str,
-    max_interval: float | None,
-    lease_time: float | None,
-    schedule_file: str | None,
-) -> None:
-    """Send periodic tasks (beat_schedule). Several beats may run: one leads."""
-    app: Polyq = obj.app
-    if schedule_file:
-        click.echo(
-            "polyq beat: -s/--schedule ignored: the state lives in the result backend", err=True
-        )
-    try:
-        b = Beat(app, max_interval=max_interval, lease_time=lease_time)
-        if show_list:
-            _print_list(b)
-            return
-    except PolyqError as exc:
-        raise click.ClickException(redact(str(exc))) from None
-    from polyq.utils.log import setup_logging
-
-    setup_logging(
-        loglevel,
-        app.conf.worker_log_format,
-        app.conf.worker_task_log_format,
-        app.conf.worker_hijack_root_logger,
-    )
-    click.echo(f"broker:  {redact(app.broker_url)}", err=True)
-    click.echo(f"backend: {redact(app.backend_url)}", err=True)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        b.stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    b.run()
-
-
-def _print_list(b: Beat) -> None:
-    leader = b.leader()
-    click.echo(f"leader:   {leader or 'none (no beat running)'}")
-    click.echo(f"timezone: {b.tz}")
-    rows: Sequence[EntryStatus] = b.status()
-    if not rows:
-        click.echo("beat_schedule is empty")
-    for s in rows:
-        click.echo(f"\n{s.name}  ->  {s.task}  [{s.schedule}]")
-        last = _fmt(s.last_scheduled, b.tz)
-        if s.last_sent is not None:
-            last += f" (sent {_fmt(s.last_sent, b.tz)} by {s.sent_by}, id {s.task_id})"
-        click.echo(f"  last run: {last}")
-        click.echo(f"  next run: {_fmt(s.next_run, b.tz)}")
-        click.echo(f"  runs:     {s.total_run_count}")
