@@ -8,9 +8,9 @@ Subclass :class:`TransportSuite` and give it a ``transport_url`` fixture::
             return "mybroker://127.0.0.1:9999"
 
 Every test gets fresh transport instances and its own uniquely named queues
-(purged afterwards), so the suite can run against a shared broker. A test skips
-only when the transport's :class:`~polyq.transport.Capabilities` declare the
-feature absent, and the skip reason names that capability.
+(deleted afterwards with ``delete_queue``), so the suite can run against a shared
+broker. A test skips only when the transport's :class:`~polyq.transport.Capabilities`
+declare the feature absent, and the skip reason names that capability.
 
 Hooks a subclass may override: :meth:`~TransportSuite.make_transport` (to test a
 class that is not registered under an entry point), :meth:`~TransportSuite.transport_options`

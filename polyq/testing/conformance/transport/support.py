@@ -174,7 +174,7 @@ class TransportSuiteBase:
 
     @pytest.fixture
     def new_queue(self, connect: Connect) -> Iterator[Callable[[], str]]:
-        """A factory of unique queue names, purged after the test."""
+        """A factory of unique queue names, deleted after the test."""
         names: list[str] = []
 
         def new_queue() -> str:
@@ -186,9 +186,8 @@ class TransportSuiteBase:
             with contextlib.suppress(Exception):
                 cleaner = connect()
                 for name in names:
-                    cleaner.purge(name)
-                    if cleaner.capabilities.dead_letter:
-                        cleaner.purge_dead_letters(name)
+                    # Nothing left behind on a shared broker, queue objects included.
+                    cleaner.delete_queue(name)
 
     @pytest.fixture
     def queue(self, new_queue: Callable[[], str]) -> str:
