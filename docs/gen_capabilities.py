@@ -8,7 +8,7 @@ Run it after changing a plugin's capabilities or entry points::
 Every fact in the page comes from the code: the URL schemes from the entry points
 (``polyq.transports`` and ``polyq.backends``, loaded through :mod:`polyq.registry`),
 the capabilities from each plugin class's ``capabilities`` attribute, their meaning
-from the ``#:`` comments in :mod:`polyq.transport` and :mod:`polyq.backend`, and the
+from the ``#:`` comments in :mod:`polyq.capabilities`, and the
 drivers from the distribution's optional dependencies. ``tests/unit/test_docs.py``
 checks that the committed page equals a fresh generation.
 """
@@ -26,11 +26,9 @@ from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from typing import Any
 
-from polyq import backend as backend_module
+from polyq import capabilities as capabilities_module
 from polyq import registry
-from polyq import transport as transport_module
-from polyq.backend import BackendCapabilities
-from polyq.transport import Capabilities
+from polyq.capabilities import BackendCapabilities, Capabilities
 
 OUTPUT = Path(__file__).with_name("capabilities.md")
 
@@ -175,8 +173,8 @@ def generate() -> str:
     backends = _plugins(registry.BACKEND_GROUP)
     t_fields = [f.name for f in dataclasses.fields(Capabilities)]
     b_fields = [f.name for f in dataclasses.fields(BackendCapabilities)]
-    t_docs = _field_docs(Capabilities, transport_module)
-    b_docs = _field_docs(BackendCapabilities, backend_module)
+    t_docs = _field_docs(Capabilities, capabilities_module)
+    b_docs = _field_docs(BackendCapabilities, capabilities_module)
     t_grouped = _by_class(transports)
     b_grouped = _by_class(backends)
     per_instance = [c for c in [*t_grouped, *b_grouped] if _per_instance(c)]
@@ -211,10 +209,11 @@ def generate() -> str:
         "## Transport capabilities",
         "",
         "Declared by each transport class (`Transport.capabilities`, see",
-        "[Writing a plugin](writing-a-plugin.md)). The core adapts to them (an ETA beyond",
-        "`max_delay` is re-delayed in hops, a message over `max_message_size` raises",
-        "`MessageTooLarge` before anything is sent) and the conformance suite skips only",
-        "what a plugin declares absent.",
+        "[Writing a plugin](writing-a-plugin.md)), every field spelled out: the defaults",
+        "claim nothing. The core adapts to them (it asks the broker for at most",
+        "`max_delay` and holds or re-delays the rest of an ETA, a message over",
+        "`max_message_size` raises `MessageTooLarge` before anything is sent) and the",
+        "conformance suite skips only what a plugin declares absent.",
         "",
         *_matrix(t_grouped, t_fields, t_docs),
         "",

@@ -4,27 +4,22 @@ A result backend is a small key-value store with expiry, plus two atomic
 primitives the core builds chords, locks and idempotency on. It stores opaque
 ``bytes``; the core owns the record format (states, results, tracebacks, meta:
 :mod:`polyq.result`). Every point below is checked by the conformance suite.
+
+Abstract methods are the minimum every plugin implements; the others have defaults
+that are correct for any store (built on the abstract ones, or a no-op where the
+store needs nothing), and a plugin overrides them to do better.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from polyq.capabilities import BackendCapabilities
+
 __all__ = ["BackendCapabilities", "ResultBackend"]
-
-
-@dataclasses.dataclass(frozen=True)
-class BackendCapabilities:
-    """What a result backend can do beyond the contract's minimum."""
-
-    #: ``wait`` is woken by the store (pub/sub, LISTEN/NOTIFY) rather than polling.
-    push_wait: bool = False
-    #: Values written survive a restart of the store.
-    durable: bool = True
 
 
 class ResultBackend(abc.ABC):
@@ -35,6 +30,8 @@ class ResultBackend(abc.ABC):
     returns a value whose ttl has passed, however late the store purges it.
     """
 
+    #: Declared by each plugin, every field spelled out (the defaults claim
+    #: nothing); see :class:`~polyq.capabilities.BackendCapabilities`.
     capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -99,9 +96,19 @@ class ResultBackend(abc.ABC):
         """Live keys starting with ``prefix`` (for listings such as revokes)."""
         return []
 
+    def create_schema(self) -> None:
+        """Create or upgrade the store's own storage (tables, indexes; ``polyq db
+        init``), idempotent and safe while other processes use the store.
+
+        Optional: the default, for stores that need no setup, does nothing."""
+
     def cleanup(self) -> int:
-        """Delete expired values now, for stores without native expiry; return
-        how many were removed."""
+        """Delete expired values now (``polyq db cleanup``), for stores without
+        native expiry; return how many were removed. Reads never see an expired
+        value either way: this only reclaims space.
+
+        Optional: the default, for stores that expire values themselves, removes
+        nothing and returns 0."""
         return 0
 
     def close(self) -> None:

@@ -6,6 +6,12 @@ the core encodes those into the envelope (:mod:`polyq.message`). Every point bel
 is checked by the conformance suite in :mod:`polyq.testing.conformance`.
 
 Times are seconds as ``float``. Priorities are 0..9 and **higher runs first**.
+
+Abstract methods are the minimum every plugin implements. The others are optional:
+each has a default that is correct for a broker without the feature (a no-op, an
+empty answer, or :class:`UnsupportedCapability` naming the capability), and a plugin
+overrides the ones its :class:`Capabilities` (:mod:`polyq.capabilities`) declare.
+The core calls only what is declared here, never a plugin-specific method.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
+
+from polyq.capabilities import Capabilities, UnsupportedCapability
 
 __all__ = [
     "Capabilities",
@@ -23,39 +31,8 @@ __all__ = [
     "ScheduledMessage",
     "Subscription",
     "Transport",
+    "UnsupportedCapability",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Capabilities:
-    """What a transport can do; the core adapts to it and the conformance suite
-    skips only what is declared absent (and checks what is declared present).
-    """
-
-    #: Honours ``priority`` 0..9, higher first.
-    priority: bool = False
-    #: Longest delay the broker holds natively, in seconds; ``None`` is unbounded,
-    #: ``0`` means no native delay. The core re-delays longer ETAs in hops.
-    max_delay: float | None = None
-    #: Largest body + headers the broker accepts, in bytes; ``None`` if unbounded.
-    max_message_size: int | None = None
-    #: ``broadcast``/``subscribe`` work (control commands and events).
-    broadcast: bool = False
-    #: ``"timeout"``: a lease (visibility timeout) that ends after ``visibility_timeout``
-    #: unless extended. ``"connection"``: held while the consumer's connection lives.
-    lease: Literal["timeout", "connection"] = "timeout"
-    #: ``extend_lease`` pushes the end of a held lease forward.
-    extend_lease: bool = True
-    #: ``dead_letter`` keeps the message with its reason, readable by ``dead_letters``.
-    dead_letter: bool = True
-    #: ``scheduled`` lists delayed messages waiting in the broker.
-    inspect_scheduled: bool = True
-    #: The broker may deliver a message twice without any failure (SQS standard).
-    may_duplicate: bool = False
-    #: ``publish(..., connection=...)`` joins the caller's database transaction.
-    transactional_enqueue: bool = False
-    #: ``publish``, once returned, survives a broker restart (where the broker persists).
-    durable: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +126,8 @@ class Transport(abc.ABC):
     (seconds, default 1800) is understood by every time-leased transport.
     """
 
-    #: Declared by each plugin; see :class:`Capabilities`.
+    #: Declared by each plugin, every field spelled out (the defaults claim
+    #: nothing); see :class:`Capabilities`.
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -211,9 +189,31 @@ class Transport(abc.ABC):
     def extend_lease(self, deliveries: Sequence[Delivery]) -> None:
         """Restart the lease of each held delivery at ``visibility_timeout``
         seconds from now. The worker calls this for every message it holds,
-        running or prefetched. A no-op for connection-bound leases."""
+        running or prefetched, whatever the capabilities say.
+
+        Optional: a plugin that declares ``capabilities.extend_lease`` overrides
+        it. The default does nothing, which is right for connection-bound leases
+        and for a broker without extension (whose worker must then finish within
+        ``visibility_timeout``); declaring ``extend_lease`` without overriding it
+        raises :class:`UnsupportedCapability`."""
         if self.capabilities.lease == "timeout" and self.capabilities.extend_lease:
-            raise NotImplementedError(f"{type(self).__name__} declares extend_lease")
+            raise UnsupportedCapability(
+                f"{type(self).__name__} declares capabilities.extend_lease but does not "
+                "implement extend_lease"
+            )
+
+    def check_time_limit(self, time_limit: float | None) -> bool:
+        """Say whether a task's hard ``time_limit`` (seconds; ``None``: no limit)
+        is safe on this broker; the worker calls it once at start with
+        ``task_time_limit``.
+
+        Optional: a broker with its own delivery timeout (RabbitMQ's
+        ``consumer_timeout``, which closes the channel of a consumer holding a
+        message longer) overrides it to log a warning naming the fix and return
+        ``False`` when a task may outlive that timeout. It must not raise for an
+        unsafe limit: the worker still starts. The default, for brokers without
+        such a timeout, accepts every limit (``True``)."""
+        return True
 
     # -- queues ----------------------------------------------------------------
 
@@ -227,15 +227,35 @@ class Transport(abc.ABC):
         """Count messages in ``queue``: ready, delayed and leased (approximate
         where the broker only knows an approximation)."""
 
+    def delete_queue(self, queue: str) -> None:
+        """Remove ``queue`` and everything waiting in it (ready, delayed and its
+        dead letters), leaving nothing of it in the broker; publishing to it again
+        creates it anew. Tests and tear-downs use it.
+
+        Optional: the default purges the queue and its dead letters, which is a
+        complete deletion for brokers whose queues exist only as their messages
+        (Redis keys, SQL rows). Brokers with queue objects (RabbitMQ, SQS)
+        override it to delete those too."""
+        self.purge(queue)
+        if self.capabilities.dead_letter:
+            self.purge_dead_letters(queue)
+
     def queues(self) -> list[str]:
-        """Names of the queues the broker knows about (best effort)."""
+        """Names of the queues the broker knows about (best effort; the default
+        knows none)."""
         return []
 
     def scheduled(self, queue: str, limit: int = 100) -> list[ScheduledMessage]:
-        """Delayed messages waiting in ``queue``, soonest first, at most ``limit``."""
+        """Delayed messages waiting in ``queue``, soonest first, at most ``limit``.
+
+        Optional, with ``capabilities.inspect_scheduled``; the default (and any
+        plugin without it) lists nothing."""
         return []
 
     # -- dead letters ----------------------------------------------------------
+
+    # Optional, with ``capabilities.dead_letter``. A plugin without it keeps no dead
+    # letters, so the defaults below (nothing listed, replayed or removed) are true.
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead letters of ``queue``, oldest first, at most ``limit``."""
@@ -254,12 +274,39 @@ class Transport(abc.ABC):
 
     def broadcast(self, channel: str, body: bytes) -> None:
         """Send ``body`` to every current subscriber of ``channel`` (fire and
-        forget: a subscriber that is not listening now does not get it)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support broadcast")
+        forget: a subscriber that is not listening now does not get it).
+
+        Optional, with ``capabilities.broadcast``; the default raises
+        :class:`UnsupportedCapability`."""
+        raise UnsupportedCapability(
+            f"{type(self).__name__} does not support broadcast (capabilities.broadcast)"
+        )
 
     def subscribe(self, channel: str) -> Subscription:
-        """Start listening on ``channel``; see :class:`Subscription`."""
-        raise NotImplementedError(f"{type(self).__name__} does not support broadcast")
+        """Start listening on ``channel``; see :class:`Subscription`.
+
+        Optional, with ``capabilities.broadcast``; the default raises
+        :class:`UnsupportedCapability`."""
+        raise UnsupportedCapability(
+            f"{type(self).__name__} does not support broadcast (capabilities.broadcast)"
+        )
+
+    # -- administration --------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create or upgrade the broker's own storage (tables, indexes; ``polyq db
+        init``), idempotent and safe while other processes use the broker.
+
+        Optional: the default, for brokers that need no setup, does nothing."""
+
+    def cleanup(self) -> int:
+        """Delete the broker's stale bookkeeping now (old broadcast rows of a SQL
+        broker; ``polyq db cleanup``) without touching any message; return how
+        many records were removed.
+
+        Optional: the default, for brokers that expire their own, removes
+        nothing and returns 0."""
+        return 0
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -247,6 +247,10 @@ class MemoryTransport(Transport):
         extend_lease=True,
         dead_letter=True,
         inspect_scheduled=True,
+        may_duplicate=False,
+        transactional_enqueue=False,
+        # Outlives every transport instance, though not the process (the contract's
+        # "where the broker persists").
         durable=True,
     )
 

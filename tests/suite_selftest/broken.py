@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from polyq.exceptions import MessageTooLarge
-from polyq.transport import Capabilities, Delivery, OutgoingMessage, ScheduledMessage
+from polyq.transport import (
+    Capabilities,
+    Delivery,
+    OutgoingMessage,
+    ScheduledMessage,
+    Transport,
+)
 from polyq_backends.memory import MemoryResultBackend
 from polyq_transports.memory import MemoryTransport
 
@@ -103,6 +109,20 @@ class IgnoresSizeLimit(MemoryTransport):
     """Declares a 64 KiB limit but sends larger messages anyway."""
 
     capabilities: ClassVar[Capabilities] = SizeLimited.capabilities
+
+
+class KeepsDeletedQueue(MemoryTransport):
+    """Implements delete_queue as a no-op: the queue's messages stay behind."""
+
+    def delete_queue(self, queue: str) -> None:
+        pass
+
+
+class ForgetsCapabilities(MemoryTransport):
+    """Declares no capabilities of its own (the contract's defaults, which claim
+    nothing), as a plugin that forgot to would."""
+
+    capabilities: ClassVar[Capabilities] = Transport.capabilities
 
 
 class CountsRepeats(MemoryResultBackend):

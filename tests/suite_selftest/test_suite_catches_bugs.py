@@ -21,11 +21,18 @@ import pytest
 
 HERE = Path(__file__).parent
 
-#: run name → (suite, plugin class in broken.py or None for the real one, tests that must fail)
+#: run name → (suite, plugin class or None for the real one, tests that must fail). The
+#: class is a name in broken.py, or ``module.Class`` for one in plugins/.
 RUNS: dict[str, tuple[str, str | None, set[str]]] = {
     "memory-transport": ("TransportSuite", None, set()),
     "memory-backend": ("BackendSuite", None, set()),
     "memory-size-limited": ("TransportSuite", "SizeLimited", set()),
+    # A correct broker without native delay (max_delay=0): only the delay tests skip.
+    "memory-no-native-delay": (
+        "TransportSuite",
+        "nodelay_plugin.NoDelayMemoryTransport",
+        set(),
+    ),
     "ignores-priority": ("TransportSuite", "IgnoresPriority", {"test_higher_priority_first"}),
     "redelivers-early": (
         "TransportSuite",
@@ -55,6 +62,16 @@ RUNS: dict[str, tuple[str, str | None, set[str]]] = {
         "IgnoresSizeLimit",
         {"test_message_too_large_is_refused_before_sending"},
     ),
+    "keeps-deleted-queue": (
+        "TransportSuite",
+        "KeepsDeletedQueue",
+        {"test_delete_queue_removes_everything"},
+    ),
+    "forgets-capabilities": (
+        "TransportSuite",
+        "ForgetsCapabilities",
+        {"test_capabilities_are_declared"},
+    ),
     "counts-repeats": (
         "BackendSuite",
         "CountsRepeats",
@@ -80,14 +97,20 @@ class TestUnderTest({suite}):
 
 HOOK = """
     def make_{kind}(self, url, **options):
-        import broken
-        return broken.{cls}(url, **options)
+        from {module} import {cls}
+        return {cls}(url, **options)
 """
+
+#: Test-only plugins (and their entry points), on PYTHONPATH for every run.
+PLUGINS = HERE / "plugins"
 
 
 def _write_test(directory: Path, suite: str, cls: str | None) -> Path:
     kind = "transport" if suite == "TransportSuite" else "backend"
-    hook = HOOK.format(kind=kind, cls=cls) if cls else ""
+    hook = ""
+    if cls:
+        module, _, name = cls.rpartition(".")
+        hook = HOOK.format(kind=kind, module=module or "broken", cls=name)
     source = TEMPLATE.format(suite=suite, kind=kind, unique=uuid.uuid4().hex, hook=hook)
     path = directory / "test_under_test.py"
     path.write_text(textwrap.dedent(source))
@@ -107,7 +130,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     """Run the suite once per entry of RUNS, all in parallel; test name → outcome."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
     }
     procs = {}
     for name, (suite, cls, _) in RUNS.items():
@@ -173,3 +196,27 @@ def test_suite_catches_broken_plugin(outcomes: dict[str, dict[str, str]], name: 
     )
     # Shown with -s: the full list of tests that noticed the bug.
     print(f"{RUNS[name][1]}: caught by {sorted(failed)}")
+
+
+#: The transport tests that need the broker to hold a delay itself.
+NATIVE_DELAY_TESTS = {
+    "test_delayed_message_not_before_its_time",
+    "test_short_delay_is_not_blocked_by_a_long_one",
+    "test_delayed_message_is_held_by_the_broker",
+    "test_scheduled_lists_delayed_messages",
+    "test_nack_with_delay",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_no_native_delay_skips_only_the_native_delay_tests(
+    outcomes: dict[str, dict[str, str]],
+) -> None:
+    reference = {t for t, o in outcomes["memory-transport"].items() if o == "skipped"}
+    skipped = {t for t, o in outcomes["memory-no-native-delay"].items() if o == "skipped"}
+    assert skipped == reference | NATIVE_DELAY_TESTS, (
+        f"max_delay=0 should skip exactly the native-delay tests; "
+        f"extra: {sorted(skipped - reference - NATIVE_DELAY_TESTS)}, "
+        f"run anyway: {sorted(NATIVE_DELAY_TESTS - skipped)}"
+    )

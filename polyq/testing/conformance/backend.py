@@ -104,6 +104,10 @@ class BackendSuite:
 
     def test_capabilities_are_declared(self, backend: ResultBackend) -> None:
         assert isinstance(backend.capabilities, BackendCapabilities)
+        assert type(backend).capabilities is not ResultBackend.capabilities, (
+            f"{type(backend).__name__} does not declare its capabilities: the defaults "
+            "claim nothing (polling wait, not durable)"
+        )
 
     def test_set_get_overwrite_delete(self, backend: ResultBackend, prefix: str) -> None:
         key = prefix + "a"
@@ -172,6 +176,13 @@ class BackendSuite:
         assert backend.get(prefix + "old") is None
         assert backend.get(prefix + "live") == b"v"
         assert backend.keys(prefix) == [prefix + "live"]
+
+    def test_create_schema_is_idempotent(self, backend: ResultBackend, prefix: str) -> None:
+        # Optional (the default does nothing); ``polyq db init`` runs it on a live store.
+        backend.set(prefix + "k", b"v")
+        backend.create_schema()
+        backend.create_schema()
+        assert backend.get(prefix + "k") == b"v", "create_schema() on a store in use lost a value"
 
     # -- keys ------------------------------------------------------------------------
 

@@ -70,11 +70,9 @@ class _Base:
             yield env
         finally:
             try:
-                app.transport.purge(queue)
-                app.transport.purge_dead_letters(queue)
-                delete = getattr(app.transport, "delete_queue", None)
-                if delete is not None:  # brokers with real queues (RabbitMQ) keep none behind
-                    delete(queue)
+                # Purges on brokers whose queues are their messages; brokers with
+                # queue objects (RabbitMQ, SQS) delete those too and keep none behind.
+                app.transport.delete_queue(queue)
             finally:
                 app.close()
 
