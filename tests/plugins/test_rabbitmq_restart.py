@@ -14,6 +14,8 @@ clean stop), starts it again on the same data, and checks the ledger:
   counted and reported, as are unconfirmed messages that arrived anyway;
 * a broadcast subscription opened before the crash hears broadcasts after it.
 
+It runs with the fast path and without it (pika's own path).
+
 Run with ``-s`` to see the figures.
 """
 
@@ -38,6 +40,7 @@ import pytest
 from polyq.exceptions import BrokerError
 from polyq.registry import create_transport
 from polyq.transport import OutgoingMessage
+from polyq_transports.rabbitmq import fastpath
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -161,14 +164,17 @@ def rabbit(tmp_path: Path) -> Iterator[PrivateRabbit]:
         node.stop()
 
 
-def test_crash_and_restart_under_load(rabbit: PrivateRabbit) -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_crash_and_restart_under_load(rabbit: PrivateRabbit, fast: bool) -> None:
     total = 10_000
     kill_at = 3_000
     queue = f"restart-{uuid.uuid4().hex[:8]}"
-    options = {"connect_timeout": 5.0, "confirm_timeout": 10.0, "heartbeat": 5}
+    options = {"connect_timeout": 5.0, "confirm_timeout": 10.0, "heartbeat": 5, "fastpath": fast}
     producer = create_transport(rabbit.url, **options)
     consumer = create_transport(rabbit.url, **options)
     listener = create_transport(rabbit.url, **options)
+    # The fast path (if this pika is in its tested range) or pika's own, as asked.
+    assert getattr(consumer, "fastpath", None) is (fast and fastpath.choose())
     subscription = listener.subscribe("control")
     producer.broadcast("control", b"before")
     assert subscription.get(5) == b"before"

@@ -5,7 +5,11 @@ has: URL spellings and failover lists, clear errors (credentials never shown),
 queues declared with other arguments, delivery counting across connection losses,
 the delay levels (hours and days, ordering, purge and size), heartbeats while a
 lease is held, unroutable publishes, threads sharing one instance, the
-``consumer_timeout`` warning, and refusal after ``fork``.
+``consumer_timeout`` warning, and refusal after ``fork``; and the fast path (frames
+read and written past pika's per-frame machinery) against pika's own.
+
+Every test runs twice: with the fast path (``fast``) and with it forced off by
+``POLYQ_AMQP_FASTPATH=0`` (``plain``), so the fallback is proved as well.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pika
@@ -26,7 +31,9 @@ from polyq.exceptions import BrokerError, ConfigurationError
 from polyq.registry import create_transport
 from polyq.testing import services
 from polyq.transport import OutgoingMessage, Transport
-from polyq_transports.rabbitmq import RabbitMQTransport
+from polyq_transports.rabbitmq import RabbitMQTransport, fastpath
+from polyq_transports.rabbitmq.consume import Consumer
+from polyq_transports.rabbitmq.fastpath import FastConnection, PlainConnection
 
 
 def _blocking(url: str) -> pika.BlockingConnection:
@@ -46,6 +53,16 @@ def _free_port() -> int:
 def _msg(queue: str, body: bytes = b"x", **fields: object) -> OutgoingMessage:
     message_id = str(fields.pop("message_id", uuid.uuid4()))
     return OutgoingMessage(queue=queue, body=body, message_id=message_id, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["fast", "plain"], autouse=True)
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The delivery path of every transport the test builds."""
+    if request.param == "plain":
+        monkeypatch.setenv(fastpath.ENV_SWITCH, "0")
+    else:
+        monkeypatch.delenv(fastpath.ENV_SWITCH, raising=False)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +119,7 @@ def _ready(url: str, name: str) -> int | None:
 )
 def test_vhost_spellings(path: str, vhost: str) -> None:
     t = RabbitMQTransport(f"amqp://u:p@127.0.0.1:5672{path}")
-    assert t._params[0].virtual_host == vhost
+    assert t._link.params[0].virtual_host == vhost
     t.close()
 
 
@@ -174,24 +191,26 @@ def test_unroutable_publish_raises(url: str, queue: str, connect: Callable[..., 
 
 
 def test_a_batch_goes_out_in_few_writes_and_in_order(
-    queue: str, connect: Callable[..., Transport], monkeypatch: pytest.MonkeyPatch
+    queue: str, connect: Callable[..., Transport], monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    # pika writes each frame with its own send(); a batch is joined into large writes.
-    from polyq_transports.rabbitmq import _Connection
-
+    # pika writes each frame with its own send(); the fast path joins a batch into
+    # large writes. Without it, pika writes everything (nothing passes the fast path).
     writes: list[int] = []
-    write = _Connection._write
+    write = FastConnection._write
 
-    def counted(self: _Connection, data: bytes) -> None:
+    def counted(self: FastConnection, data: bytes) -> None:
         writes.append(len(data))
         write(self, data)
 
     t = connect()
     t.publish([_msg(queue)])
-    monkeypatch.setattr(_Connection, "_write", counted)
+    monkeypatch.setattr(FastConnection, "_write", counted)
     t.publish([_msg(queue, f"{i}".encode(), message_id=f"m{i}") for i in range(3000)])
-    monkeypatch.undo()
-    assert 0 < len(writes) <= 40, len(writes)  # 9,000 frames, about 30 slices
+    monkeypatch.setattr(FastConnection, "_write", write)
+    if mode == "fast":
+        assert 0 < len(writes) <= 40, len(writes)  # 9,000 frames, about 30 slices
+    else:
+        assert writes == []
     got: list[bytes] = []
     deadline = time.monotonic() + 10
     while len(got) < 3001 and time.monotonic() < deadline:
@@ -201,8 +220,64 @@ def test_a_batch_goes_out_in_few_writes_and_in_order(
     assert got == [b"x"] + [f"{i}".encode() for i in range(3000)]
 
 
+def test_the_fast_path_switch(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fastpath, "_explained", set())
+    monkeypatch.delenv(fastpath.ENV_SWITCH, raising=False)
+    low, high = fastpath.TESTED_PIKA
+    assert low <= fastpath._pika_version(pika.__version__) < high, "pin the extra and retest"
+    assert fastpath.choose() is True
+    assert fastpath.choose(0) is False
+    assert fastpath.choose("off") is False
+    assert fastpath.choose(True) is True
+    monkeypatch.setenv(fastpath.ENV_SWITCH, "0")
+    assert fastpath.choose() is False
+    assert fastpath.choose(1) is True  # the transport option wins over the environment
+    monkeypatch.delenv(fastpath.ENV_SWITCH)
+    with caplog.at_level(logging.DEBUG, logger="polyq.transports.rabbitmq"):
+        assert fastpath.choose(None, version="1.5.0") is False
+        assert fastpath.choose(None, version="1.3.2") is False
+        assert fastpath.choose(None, version="1.5.0") is False
+    outside = [r for r in caplog.records if "outside the tested range" in r.getMessage()]
+    assert len(outside) == 2  # once per reason
+    t = create_transport(url + ("&" if "?" in url else "?") + "fastpath=false")
+    try:
+        assert isinstance(t, RabbitMQTransport)
+        assert t.fastpath is False
+    finally:
+        t.close()
+
+
+def test_deliveries_take_the_chosen_path(
+    queue: str, connect: Callable[..., Transport], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    decoded: list[int] = []
+    take = Consumer.take_delivery
+
+    def counted(self: Consumer, *args: Any) -> bool:
+        decoded.append(args[1])
+        return take(self, *args)
+
+    monkeypatch.setattr(Consumer, "take_delivery", counted)
+    t = connect()
+    assert isinstance(t, RabbitMQTransport)
+    assert t.fastpath is (mode == "fast")
+    t.publish([_msg(queue, f"{i}".encode()) for i in range(5)])
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 5 and time.monotonic() < deadline:
+        batch = t.receive([queue], 5, 1.0)
+        got.extend(d.body for d in batch)
+        t.ack(batch)
+    assert sorted(got) == [f"{i}".encode() for i in range(5)]
+    expected = FastConnection if mode == "fast" else PlainConnection
+    assert type(t._link.conn) is expected
+    assert len(decoded) == (5 if mode == "fast" else 0)
+
+
 def _plain_transport(sock: socket.socket, queued: int = 0) -> object:
-    """A pika plaintext transport over ``sock``, as far as ``_send_now`` looks at it."""
+    """A pika plaintext transport over ``sock``, as far as ``send_now`` looks at it."""
     from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 
     transport = _AsyncPlaintextTransport.__new__(_AsyncPlaintextTransport)
@@ -213,7 +288,7 @@ def _plain_transport(sock: socket.socket, queued: int = 0) -> object:
 
 
 def test_frames_go_to_the_socket_at_once_unless_something_is_queued_before() -> None:
-    from polyq_transports.rabbitmq import _send_now
+    from polyq_transports.rabbitmq.fastpath import send_now as _send_now
 
     ours, peer = socket.socketpair()
     with ours, peer:
@@ -238,8 +313,9 @@ def test_a_publish_failing_half_way_raises_at_once(
     t = connect(confirm_timeout=20)
     assert isinstance(t, RabbitMQTransport)
     t.publish([_msg(queue)])
-    assert t._pub is not None
-    real = t._pub.basic_publish
+    publishing = t._publisher.channel
+    assert publishing is not None
+    real = publishing.basic_publish
     calls = 0
 
     def flaky(*args: object, **kwargs: object) -> None:
@@ -249,7 +325,7 @@ def test_a_publish_failing_half_way_raises_at_once(
             raise pika.exceptions.ChannelWrongStateError("channel closed")
         real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(t._pub, "basic_publish", flaky)
+    monkeypatch.setattr(publishing, "basic_publish", flaky)
     start = time.monotonic()
     with pytest.raises(BrokerError, match="channel closed"):
         t.publish([_msg(queue) for _ in range(10)])
@@ -259,7 +335,7 @@ def test_a_publish_failing_half_way_raises_at_once(
 def test_refuses_to_be_used_after_fork(queue: str, connect: Callable[..., Transport]) -> None:
     t = connect()
     assert isinstance(t, RabbitMQTransport)
-    t._pid = -1  # what a forked child would see
+    t._link.pid = -1  # what a forked child would see
     with pytest.raises(BrokerError, match="fork"):
         t.publish([_msg(queue)])
 
@@ -507,7 +583,7 @@ _PROPS = [
 def test_a_delivery_reads_as_pika_reads_it(props: pika.BasicProperties, body: bytes) -> None:
     from pika import frame
 
-    from polyq_transports.rabbitmq import _decode_delivery
+    from polyq_transports.rabbitmq.fastpath import decode_delivery as _decode_delivery
 
     wire = _wire(3, body, props, frame_max=4096)  # the big body spans many frames
     taken: list[tuple] = []
@@ -536,7 +612,7 @@ def test_a_delivery_reads_as_pika_reads_it(props: pika.BasicProperties, body: by
 
 
 def test_what_is_not_a_plain_whole_delivery_is_left_to_pika() -> None:
-    from polyq_transports.rabbitmq import _decode_delivery
+    from polyq_transports.rabbitmq.fastpath import decode_delivery as _decode_delivery
 
     def take(*args: object) -> bool:
         raise AssertionError("taken")
@@ -559,8 +635,6 @@ def test_the_connection_reads_fast_and_slow_frames_in_order_from_any_split() -> 
     # socket reads cut, with every byte counted for the heartbeat checker.
     from pika import frame
 
-    from polyq_transports.rabbitmq import _Connection
-
     props = _PROPS[0]
     stream = [
         ("fast", _wire(3, b"one", props, tag=1)),
@@ -573,7 +647,7 @@ def test_the_connection_reads_fast_and_slow_frames_in_order_from_any_split() -> 
     wire = b"".join(chunk for _, chunk in stream)
     for split in (1, 7, 100, 4096, len(wire)):
         seen: list[tuple[str, object]] = []
-        conn = _Connection.__new__(_Connection)
+        conn = FastConnection.__new__(FastConnection)
         conn._frame_buffer = b""
         conn._own_reads = True
         conn.bytes_received = 0
