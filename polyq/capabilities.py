@@ -60,6 +60,9 @@ class Capabilities:
     transactional_enqueue: bool = False
     #: ``publish``, once returned, survives a broker restart (where the broker persists).
     durable: bool = False
+    #: ``size`` counts exactly, at once; without it the count is the broker's
+    #: approximation (SQS's ``ApproximateNumberOfMessages``), which the dashboard says.
+    exact_size: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -252,6 +252,7 @@ class MemoryTransport(Transport):
         # Outlives every transport instance, though not the process (the contract's
         # "where the broker persists").
         durable=True,
+        exact_size=True,
     )
 
     def __init__(self, url: str, **options: Any) -> None:

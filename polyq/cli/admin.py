@@ -7,7 +7,9 @@ import json
 
 import click
 
+from polyq.backend import ResultBackend
 from polyq.cli.root import CliContext, main
+from polyq.transport import Transport
 
 __all__ = ["db", "dlq"]
 
@@ -90,11 +92,12 @@ def db_init(obj: CliContext) -> None:
     """Create (or upgrade) polyq's tables in the broker and backend databases."""
     app = obj.app
     for part in (app.transport, app.backend):
-        create = getattr(part, "create_schema", None)
-        if create is None:
-            click.echo(f"{part.describe()}: not a SQL store, nothing to do")
+        # Every plugin has create_schema (the contract's default does nothing); only
+        # those that keep tables override it, and only they have something to report.
+        if type(part).create_schema in (Transport.create_schema, ResultBackend.create_schema):
+            click.echo(f"{part.describe()}: keeps no schema, nothing to do")
         else:
-            create()
+            part.create_schema()
             click.echo(f"{part.describe()}: schema ready")
 
 
@@ -103,6 +106,6 @@ def db_init(obj: CliContext) -> None:
 def db_cleanup(obj: CliContext) -> None:
     """Delete expired results (and old broadcast rows of a SQL broker) now."""
     click.echo(f"deleted {obj.app.backend.cleanup()} expired record(s)")
-    prune = getattr(obj.app.transport, "cleanup", None)
-    if prune is not None:
-        click.echo(f"deleted {prune()} old broadcast row(s)")
+    transport = obj.app.transport
+    if type(transport).cleanup is not Transport.cleanup:
+        click.echo(f"deleted {transport.cleanup()} old broadcast row(s)")

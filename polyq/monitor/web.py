@@ -176,7 +176,6 @@ class Monitor:
         """What this broker can report, for the page."""
         transport = self.app.transport
         caps = transport.capabilities
-        scheme = self.app.broker_url.split(":", 1)[0]
         return {
             "broker": transport.describe(),
             "backend": self.app.backend.describe(),
@@ -184,7 +183,7 @@ class Monitor:
             "control": caps.broadcast,
             "scheduled": caps.inspect_scheduled,
             "dead_letters": caps.dead_letter,
-            "exact_queue_depth": bool(getattr(caps, "exact_size", not scheme.startswith("sqs"))),
+            "exact_queue_depth": caps.exact_size,
         }
 
     def queues(self) -> list[dict[str, Any]]:

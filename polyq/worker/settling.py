@@ -54,7 +54,10 @@ def dead_letter(transport: Transport, delivery: Delivery, reason: str) -> None:
         transport.dead_letter(delivery, reason)
     except Exception:
         logger.exception("could not dead-letter %s; giving it back", delivery.message_id)
-        transport.nack(delivery, delay=5.0)
+        # Back off a little where the broker can delay; one that cannot takes it back now
+        # (a delay it cannot honour would be refused, losing the give-back too).
+        limit = transport.capabilities.max_delay
+        transport.nack(delivery, delay=5.0 if limit is None else min(5.0, limit))
 
 
 class Acker:

@@ -118,11 +118,9 @@ class Worker:
         self._check_pool_supports()
 
         self.transport = app.transport
-        check = getattr(self.transport, "check_time_limit", None)
-        if check is not None:
-            # A broker with its own delivery timeout (RabbitMQ's consumer_timeout) warns
-            # when the hard time limit would let a task outlive it.
-            check(conf.task_time_limit)
+        # A broker with its own delivery timeout (RabbitMQ's consumer_timeout) warns
+        # when the hard time limit would let a task outlive it.
+        self.transport.check_time_limit(conf.task_time_limit)
         #: Most messages held for their ETA (a broker that cannot delay them).
         self.eta_hold_limit = eta_hold_limit
         self.backlog = Backlog()

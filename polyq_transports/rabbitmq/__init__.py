@@ -9,8 +9,4 @@ contract). The design: docs/design/rabbitmq.md.
 
 from .transport import RabbitMQTransport
 
-# The class's public home is this package (the entry points name it so), and that is
-# where the generated docs/capabilities.md and reprs say it lives.
-RabbitMQTransport.__module__ = __name__
-
 __all__ = ["RabbitMQTransport"]

@@ -60,6 +60,7 @@ class RabbitMQTransport(Transport):
         may_duplicate=False,
         transactional_enqueue=False,
         durable=True,
+        exact_size=True,
     )
 
     def __init__(self, url: str, **options: Any) -> None:

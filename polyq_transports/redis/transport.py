@@ -79,6 +79,7 @@ class RedisTransport(Transport):
         may_duplicate=False,
         transactional_enqueue=False,
         durable=True,
+        exact_size=True,
     )
 
     #: Most messages one publish script carries; bigger batches are split (pipelined).

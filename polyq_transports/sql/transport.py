@@ -62,6 +62,7 @@ class SQLTransport(Transport):
         may_duplicate=False,
         transactional_enqueue=True,
         durable=True,
+        exact_size=True,
     )
 
     def __init__(self, url: str, **options: Any) -> None:

@@ -75,6 +75,7 @@ class SQSTransport(Transport):
         may_duplicate=True,
         transactional_enqueue=False,
         durable=True,
+        exact_size=False,
     )
 
     def __init__(self, url: str, **options: Any) -> None:

@@ -40,6 +40,18 @@ class OptionalMethodTests(TransportSuiteBase):
             "check_time_limit(None) (no hard time limit) must answer True or False, not raise"
         )
 
+    def test_exact_size_counts_at_once(self, transport: Transport, queue: str) -> None:
+        # The dashboard shows a declared-exact depth as it is; an approximation (SQS)
+        # is labelled as one. Only a declared-exact count must be right immediately.
+        if not transport.capabilities.exact_size:
+            pytest.skip("capabilities.exact_size is False: size() is an approximation")
+        transport.publish([make_message(queue) for _ in range(3)])
+        assert transport.size(queue) == 3, "exact_size: size() right after publish was not 3"
+        (held,) = drain_without_ack(transport, queue, 1, self.slack + 3)
+        assert transport.size(queue) == 3, "exact_size: size() must count a leased message"
+        transport.ack([held])
+        assert transport.size(queue) == 2, "exact_size: size() right after an ack was not 2"
+
     def test_delete_queue_removes_everything(
         self, transport: Transport, connect: Connect, new_queue: Callable[[], str]
     ) -> None:
