@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from polyq import Polyq
 from polyq.contrib.otel import PolyqInstrumentor
 from polyq.testing.worker import start_worker
-from tests.monitor.support import broker_for
+from tests.core.monitor.support import broker_for
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

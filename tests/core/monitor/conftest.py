@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = str(Path(__file__).resolve().parents[2])
-if ROOT not in sys.path:  # the worker subprocesses and the tests import tests.monitor.monapp
+ROOT = str(Path(__file__).resolve().parents[3])
+if ROOT not in sys.path:  # the worker subprocesses and the tests import tests.core.monitor.monapp
     sys.path.insert(0, ROOT)
 
 from polyq.app import Polyq  # noqa: E402
-from tests.monitor.support import broker_for, use_broker  # noqa: E402
+from tests.core.monitor.support import broker_for, use_broker  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -33,7 +33,7 @@ def artifacts() -> Path:
 
 @pytest.fixture
 def fresh_app(broker_url: str) -> Iterator[Polyq]:
-    from tests.monitor import monapp
+    from tests.core.monitor import monapp
 
     yield use_broker(monapp.app, broker_url)
     monapp.app.close()

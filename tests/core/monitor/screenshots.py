@@ -1,6 +1,6 @@
 """Take the dashboard screenshots in docs/ (or anywhere):
 
-    python -m tests.monitor.screenshots docs/images
+    python -m tests.core.monitor.screenshots docs/images
 
 Starts two workers with events on a temporary SQLite broker, a monitor, sends
 half a minute of mixed traffic (successes, failures, progress, a burst that
@@ -20,8 +20,8 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 from polyq.monitor.web import Monitor
-from tests.monitor import browser, monapp
-from tests.monitor.support import start_worker, use_broker
+from tests.core.monitor import browser, monapp
+from tests.core.monitor.support import start_worker, use_broker
 
 
 def main(out: Path, seconds: float = 30.0) -> None:
@@ -50,7 +50,7 @@ def main(out: Path, seconds: float = 30.0) -> None:
             while time.monotonic() < deadline:
                 for _ in range(rng.randint(2, 8)):
                     app.send_task(
-                        "tests.monitor.monapp.add", (rng.randint(1, 99), rng.randint(1, 99))
+                        "tests.core.monitor.monapp.add", (rng.randint(1, 99), rng.randint(1, 99))
                     )
                 if rng.random() < 0.3:
                     monapp.boom.delay(f"bad input #{rng.randint(1, 999)}")

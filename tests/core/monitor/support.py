@@ -1,4 +1,4 @@
-"""Helpers shared by the monitoring tests (imported as ``tests.monitor.support``)."""
+"""Helpers shared by the monitoring tests (imported as ``tests.core.monitor.support``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from polyq.app import Polyq
 from polyq.testing import services
 from polyq.testing.worker import WorkerProcess
 
-ROOT = str(Path(__file__).resolve().parents[2])
-APP = "tests.monitor.monapp"
+ROOT = str(Path(__file__).resolve().parents[3])
+APP = "tests.core.monitor.monapp"
 
 
 def broker_for(kind: str, tmp: Path) -> str:
@@ -31,6 +31,6 @@ def use_broker(app: Polyq, url: str) -> Polyq:
 
 
 def start_worker(url: str, *args: str) -> WorkerProcess:
-    """``polyq -A tests.monitor.monapp worker <args>`` on ``url``, ready."""
+    """``polyq -A tests.core.monitor.monapp worker <args>`` on ``url``, ready."""
     env = {"POLYQ_BROKER_URL": url, "POLYQ_RESULT_BACKEND": url, "PYTHONPATH": ROOT}
     return WorkerProcess(APP, ["-l", "INFO", *args], env=env, cwd=ROOT).start()

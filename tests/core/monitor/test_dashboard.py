@@ -28,9 +28,9 @@ from polyq import Polyq
 from polyq.monitor.web import Monitor
 from polyq.testing import services
 from polyq.testing.worker import start_worker
-from tests.monitor import monapp
-from tests.monitor.support import APP, ROOT, use_broker
-from tests.monitor.support import start_worker as start_worker_process
+from tests.core.monitor import monapp
+from tests.core.monitor.support import APP, ROOT, use_broker
+from tests.core.monitor.support import start_worker as start_worker_process
 
 SECRET = "s3cret-pw"
 ACTION = {"X-Polyq-Action": "1"}
@@ -253,17 +253,25 @@ def test_metrics_endpoint_parses(tmp_path: Path) -> None:
                 for s in f.samples
             }
             add_ok = samples.get(
-                ("polyq_tasks_total", (("name", "tests.monitor.monapp.add"), ("state", "SUCCESS")))
+                (
+                    "polyq_tasks_total",
+                    (("name", "tests.core.monitor.monapp.add"), ("state", "SUCCESS")),
+                )
             )
             boom_failed = samples.get(
-                ("polyq_tasks_total", (("name", "tests.monitor.monapp.boom"), ("state", "FAILURE")))
+                (
+                    "polyq_tasks_total",
+                    (("name", "tests.core.monitor.monapp.boom"), ("state", "FAILURE")),
+                )
             )
             online = samples.get(("polyq_workers_online", ()))
             return samples if add_ok == 5 and boom_failed == 1 and online else {}
 
         samples = wait_for(parsed, timeout=15, what="metrics with 5 successes")
         assert (
-            samples[("polyq_task_runtime_seconds_count", (("name", "tests.monitor.monapp.add"),))]
+            samples[
+                ("polyq_task_runtime_seconds_count", (("name", "tests.core.monitor.monapp.add"),))
+            ]
             == 5
         )
         assert ("polyq_queue_depth", (("queue", "celery"),)) in samples

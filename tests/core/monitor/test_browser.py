@@ -28,8 +28,8 @@ from polyq import states
 from polyq.events import enable_sent_events
 from polyq.monitor.web import Monitor
 from polyq.testing import services
-from tests.monitor import browser, monapp
-from tests.monitor.support import start_worker, use_broker
+from tests.core.monitor import browser, monapp
+from tests.core.monitor.support import start_worker, use_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 HOST = socket.gethostname()
@@ -118,7 +118,7 @@ def test_workers_page_and_a_task_from_received_to_succeeded(
         assert seen[-1] == "SUCCESS"
         assert task.get(timeout=5) == 42 and blocker.get(timeout=5) == 2.5
         text = driver.find_element("css selector", f'#tasks tr[data-id="{task.id}"]').text
-        assert "tests.monitor.monapp.add" in text and "[20, 22]" in text
+        assert "tests.core.monitor.monapp.add" in text and "[20, 22]" in text
         driver.save_screenshot(str(artifacts / "tasks.png"))
 
         driver.get(f"{base}/tasks/{task.id}")

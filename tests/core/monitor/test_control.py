@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from polyq import states
 from polyq.cli import main
-from tests.monitor import monapp
-from tests.monitor.support import APP, start_worker, use_broker
+from tests.core.monitor import monapp
+from tests.core.monitor.support import APP, start_worker, use_broker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ def cluster(broker_url: str) -> Iterator[str]:
 
 
 def cli(*args: str, ok: bool = True) -> Any:
-    """Run ``polyq -A tests.monitor.monapp <args>``; parse stdout as JSON when --json."""
+    """Run ``polyq -A tests.core.monitor.monapp <args>``; parse stdout as JSON when --json."""
     takes_timeout = args[0] in ("status", "inspect", "control") and args[1:2] not in (
         ("revoke",),
         ("scheduled",),
@@ -95,7 +95,7 @@ def test_inspect_ping_registered_stats_with_destination(cluster: str) -> None:
     assert cli("inspect", "ping", "--json") == {W1: {"ok": "pong"}, W2: {"ok": "pong"}}
     only = cli("inspect", "registered", "-d", W2, "--json")
     assert list(only) == [W2]
-    assert "tests.monitor.monapp.add" in only[W2]
+    assert "tests.core.monitor.monapp.add" in only[W2]
     stats = cli("inspect", "stats", "--json")
     assert stats[W1]["pool"] == "prefork" and stats[W1]["concurrency"] == 1
     assert stats[W2]["pool"] == "threads" and stats[W2]["concurrency"] == 2
@@ -114,7 +114,7 @@ def test_active_reserved_and_revoke_terminate(cluster: str) -> None:
         ]
 
     job = wait_for(active_on_w1, what="the blocker running on w1")[0]
-    assert job["name"] == "tests.monitor.monapp.sleep" and job["args"] == "[30]"
+    assert job["name"] == "tests.core.monitor.monapp.sleep" and job["args"] == "[30]"
     assert job["time_start"] <= time.time()
     # w1 prefetches one message at most, so `waiting` stays in the broker: not reserved.
     assert cli("inspect", "reserved", "-d", W1, "--json")[W1] == []
@@ -129,26 +129,26 @@ def test_inspect_scheduled_reads_the_broker(cluster: str) -> None:
     later = monapp.add.apply_async((5, 5), countdown=120)
     found = cli("inspect", "scheduled", "--json")
     mine = [m for m in found if m["id"] == later.id]
-    assert mine and mine[0]["name"] == "tests.monitor.monapp.add"
+    assert mine and mine[0]["name"] == "tests.core.monitor.monapp.add"
     assert 100 < mine[0]["eta"] - time.time() <= 121
     assert later.id in cli("inspect", "scheduled").stdout
     monapp.app.control.revoke(later.id)
 
 
 def test_rate_limit_and_time_limit(cluster: str) -> None:
-    replies = cli("control", "rate_limit", "tests.monitor.monapp.add", "100/s", "--json")
+    replies = cli("control", "rate_limit", "tests.core.monitor.monapp.add", "100/s", "--json")
     assert set(replies) == {W1, W2}
     assert all("100/s" in r["ok"] for r in replies.values())
-    assert cli("control", "rate_limit", "tests.monitor.monapp.add", "0", "--json")[W1]["ok"]
+    assert cli("control", "rate_limit", "tests.core.monitor.monapp.add", "0", "--json")[W1]["ok"]
     unknown = cli("control", "rate_limit", "nope", "1/s", "-d", W1, "--json")
     assert "unknown task" in unknown[W1]["error"]
-    bad = cli("control", "rate_limit", "tests.monitor.monapp.add", "ten", "-d", W1, "--json")
+    bad = cli("control", "rate_limit", "tests.core.monitor.monapp.add", "ten", "-d", W1, "--json")
     assert "bad rate limit" in bad[W1]["error"]
     # Time limits: prefork enforces both; threads cannot, and says so.
-    limits = cli("control", "time_limit", "tests.monitor.monapp.sleep", "5", "10", "--json")
+    limits = cli("control", "time_limit", "tests.core.monitor.monapp.sleep", "5", "10", "--json")
     assert "soft=5.0 hard=10.0" in limits[W1]["ok"]
     assert "cannot enforce" in limits[W2]["error"]
-    human = cli("control", "time_limit", "tests.monitor.monapp.sleep", "0", "0", "-d", W1)
+    human = cli("control", "time_limit", "tests.core.monitor.monapp.sleep", "0", "0", "-d", W1)
     assert f"-> {W1}: OK" in human.stdout
 
 
@@ -212,7 +212,7 @@ def test_reserved_lists_prefetched_tasks(cluster: str) -> None:
         active, reserved = wait_for(split, what="two running and two reserved on w2")
         assert active | reserved >= ids and not active & reserved
         human = cli("inspect", "reserved", "-d", W2).stdout
-        assert "tests.monitor.monapp.sleep" in human and "args=[1.5]" in human
+        assert "tests.core.monitor.monapp.sleep" in human and "args=[1.5]" in human
         assert all(r.get(timeout=15) == 1.5 for r in sent)
     finally:
         cli("control", "cancel_consumer", "resq", "-d", W2, "--json")

@@ -192,7 +192,7 @@ def test_max_tasks_per_child_recycles_children(sqlite_env: dict[str, str], tmp_p
         E2E_APP,
         ["-Q", "load", "-c", "1", "--max-tasks-per-child", "2"],
         env=sqlite_env,
-        cwd=str(Path(__file__).parents[2]),
+        cwd=str(Path(__file__).parents[3]),
     ):
         results = [record.delay(path, 0.0, i) for i in range(6)]
         assert [r.get(timeout=60) for r in results] == list(range(6))

@@ -20,8 +20,8 @@ from polyq.events import (
     enable_sent_events,
 )
 from polyq.testing import services
-from tests.monitor import monapp
-from tests.monitor.support import start_worker, use_broker
+from tests.core.monitor import monapp
+from tests.core.monitor.support import start_worker, use_broker
 
 
 def ev(type_: str, uuid: str = "t1", ts: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def test_state_keeps_the_newest_tasks_and_tracks_workers() -> None:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    from tests.monitor.support import broker_for
+    from tests.core.monitor.support import broker_for
 
     url = broker_for(request.param, tmp_path)
     app = Polyq("events-test", broker=url, backend=url)
