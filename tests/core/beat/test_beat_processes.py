@@ -179,7 +179,10 @@ def _rabbitmq(tmp_path: Path) -> tuple[str, str]:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    "urls", [_sqlite, _redis, _postgres, _rabbitmq], ids=["sqlite", "redis", "postgres", "rabbitmq"]
+    "urls",
+    [_sqlite, _redis, _postgres, _rabbitmq],
+    # tests/conftest.py marks each case with the brokers its id names.
+    ids=["sqlite", "redis", "postgres", "rabbitmq-redis"],
 )
 def test_two_beats_send_each_run_once(tmp_path, urls):
     broker, backend = urls(tmp_path)

@@ -43,6 +43,7 @@ def _add_members(url: str, key: str, worker: int, out: Any) -> None:
     out.put((sizes, won))
 
 
+@pytest.mark.sqlite
 def test_sets_and_locks_are_atomic_across_processes(tmp_path: Path) -> None:
     url = services.sqlite_url(tmp_path)
     create_backend(url).close()
@@ -86,6 +87,7 @@ def test_overlong_keys_are_refused(backend: SQLResultBackend) -> None:
         backend.set("k" * 300, b"v")
 
 
+@pytest.mark.postgres
 def test_wait_is_woken_by_notify_on_postgres() -> None:
     url = services.postgres_url()
     prefix = f"pqb{uuid.uuid4().hex[:8]}_"
@@ -116,6 +118,7 @@ def test_wait_is_woken_by_notify_on_postgres() -> None:
         writer.close()
 
 
+@pytest.mark.sqlite
 def test_backend_survives_fork(tmp_path: Path) -> None:
     b = create_backend(services.sqlite_url(tmp_path))
     b.set("k", b"parent")
@@ -133,6 +136,7 @@ def test_backend_survives_fork(tmp_path: Path) -> None:
     b.close()
 
 
+@pytest.mark.postgres
 def test_forked_child_listens_for_itself_while_a_parent_thread_waits() -> None:
     # A child forked while a parent thread waits (LISTEN active on the parent's
     # connection) must LISTEN on a connection of its own: with a 5 s poll, only a

@@ -14,7 +14,7 @@ import pytest
 from polyq.testing.e2e_tasks import app, read_records, record, started
 from polyq.testing.worker import WorkerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sqlite]
 
 E2E_APP = "polyq.testing.e2e_tasks"
 

@@ -268,6 +268,7 @@ def _produce(url: str, prefix: str, queue: str, count: int) -> None:
     t.close()
 
 
+@pytest.mark.sqlite
 def test_three_worker_processes_share_one_file_without_double_delivery(tmp_path: Path) -> None:
     url, prefix, queue = services.sqlite_url(tmp_path), _prefix(), "shared"
     create_transport(url, table_prefix=prefix).close()  # tables first (not required)
@@ -303,6 +304,7 @@ def test_three_worker_processes_share_one_file_without_double_delivery(tmp_path:
 # -- fork safety ----------------------------------------------------------------------
 
 
+@pytest.mark.sqlite
 def test_instance_survives_fork(tmp_path: Path) -> None:
     t = create_transport(services.sqlite_url(tmp_path))
     t.publish([_msg("fork"), _msg("fork")])
@@ -325,6 +327,7 @@ def test_instance_survives_fork(tmp_path: Path) -> None:
 # -- table prefixes, URLs, schema versions --------------------------------------------
 
 
+@pytest.mark.sqlite
 def test_table_prefixes_are_independent(tmp_path: Path) -> None:
     url = services.sqlite_url(tmp_path)
     a = create_transport(url, table_prefix="app_a_")
@@ -338,12 +341,17 @@ def test_table_prefixes_are_independent(tmp_path: Path) -> None:
     b.close()
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize("bad", ["1abc", "a-b", "x" * 40, "drop table;"])
 def test_bad_prefix_is_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ConfigurationError, match="table_prefix"):
         create_transport(services.sqlite_url(tmp_path), table_prefix=bad)
 
 
+# URL translation only: no server, but one case per database.
+@pytest.mark.sqlite
+@pytest.mark.postgres
+@pytest.mark.mysql
 def test_urls_get_explicit_drivers_and_lose_polyq_options() -> None:
     url = engine_url("postgresql://u:pw@h/db?table_prefix=x_&visibility_timeout=5&sslmode=require")
     assert url.drivername == "postgresql+psycopg"
@@ -355,6 +363,7 @@ def test_urls_get_explicit_drivers_and_lose_polyq_options() -> None:
         engine_url("sqlite://")
 
 
+@pytest.mark.postgres  # a closed port: the driver, no server
 def test_errors_name_the_database_without_its_password() -> None:
     t = create_transport("postgresql://polyq:s3cret-pw@127.0.0.1:1/nodb?connect_timeout=2")
     with pytest.raises(BrokerError) as info:
@@ -364,6 +373,7 @@ def test_errors_name_the_database_without_its_password() -> None:
     t.close()
 
 
+@pytest.mark.sqlite
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     url = services.sqlite_url(tmp_path)
     t = create_transport(url)
@@ -443,6 +453,7 @@ def test_publish_joins_the_callers_transaction(make: object, db_url: str) -> Non
         app_engine.dispose()
 
 
+@pytest.mark.sqlite
 def test_publish_refuses_a_foreign_connection(tmp_path: Path) -> None:
     t = create_transport(services.sqlite_url(tmp_path))
     with pytest.raises(ConfigurationError, match="Connection or Session"):
@@ -453,6 +464,7 @@ def test_publish_refuses_a_foreign_connection(tmp_path: Path) -> None:
 # -- idle cost --------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite
 def test_idle_receive_polls_gently(tmp_path: Path) -> None:
     t = create_transport(services.sqlite_url(tmp_path))
     assert isinstance(t, SQLTransport)
@@ -491,6 +503,7 @@ def _receive_then_die(url: str, queue: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.sqlite
 def test_killed_processes_lose_nothing(tmp_path: Path) -> None:
     url, queue = services.sqlite_url(tmp_path), "crash"
     ctx = multiprocessing.get_context("fork")
@@ -514,6 +527,7 @@ def test_killed_processes_lose_nothing(tmp_path: Path) -> None:
 # -- LISTEN/NOTIFY (PostgreSQL) ----------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_receive_is_woken_by_notify_on_postgres() -> None:
     url, prefix = services.postgres_url(), _prefix()
     # A 5 s poll: only NOTIFY can wake the consumer quickly.
@@ -546,6 +560,7 @@ def test_receive_is_woken_by_notify_on_postgres() -> None:
         producer.close()
 
 
+@pytest.mark.postgres
 def test_broadcast_is_pushed_by_notify_on_postgres() -> None:
     url, prefix = services.postgres_url(), _prefix()
     sender = create_transport(url, table_prefix=prefix)
@@ -570,6 +585,7 @@ def test_broadcast_is_pushed_by_notify_on_postgres() -> None:
         listener.close()
 
 
+@pytest.mark.mysql
 def test_servers_without_skip_locked_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     t = create_transport(services.mysql_url(), table_prefix=_prefix())
     assert isinstance(t, SQLTransport)
@@ -587,6 +603,7 @@ def test_servers_without_skip_locked_are_refused(monkeypatch: pytest.MonkeyPatch
         t.close()
 
 
+@pytest.mark.sqlite
 def test_relative_sqlite_path_is_fixed_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -619,6 +636,7 @@ def test_large_batches_and_many_due_messages(make: object) -> None:
     assert t.size("big") == 0
 
 
+@pytest.mark.sqlite
 def test_sqlite_runs_in_wal_mode_and_writes_begin_immediate(tmp_path: Path) -> None:
     t = create_transport(services.sqlite_url(tmp_path), busy_timeout=7)
     assert isinstance(t, SQLTransport)

@@ -1,7 +1,7 @@
 """End to end through worker processes on SQS with DynamoDB results (moto on
 loopback, started in this test process; the workers are subprocesses reaching it
 over HTTP): SQS's own paths, a FIFO and a standard queue and ETAs beyond the native
-delay limit. The shared smoke and crash sets run on SQS in ``tests/e2e``."""
+delay limit. The shared smoke and crash sets run on SQS in ``tests/conformance/e2e``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from polyq.testing.e2e_tasks import app, read_records, record, retry_twice
 from polyq.testing.worker import WorkerProcess
 from polyq_transports.sqs import SQSTransport
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The results go to DynamoDB (moto serves both).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.dynamodb]
 
 
 class TestSQSQueuesEndToEnd:
