@@ -18,8 +18,9 @@ its parameter ids (``[redis]``, ``[rabbitmq-redis]``). A test under ``tests/plug
 names its database by a parameter or an explicit mark, or collection fails.
 
 Under pytest-xdist (``-n``, see ``pyproject.toml``), the tests sharing class- or
-module-scoped fixtures (a worker process, a private broker) go to one xdist worker
-together: a class, per broker or pair it is parametrized over, or else a module.
+module-scoped fixtures (worker processes, a browser) go to one xdist worker together:
+a class, per broker or pair it is parametrized over, or a module using such a fixture;
+any other test is a unit of its own. The long units are sent out first.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ PLUGIN_FOLDERS: dict[str, tuple[str, ...]] = {
 MATRIX_PARAMS = ("broker", "pair")
 
 #: Units of work that run first under xdist, longest first, so that no long one is
-#: left to run alone at the end (folder prefixes, in order).
+#: left to run alone at the end (path prefixes, in order).
 RUN_FIRST = (
+    "tests/plugins/rabbitmq/test_restart.py",  # one test, ~40 s: a private node booted twice
+    "tests/conformance/selftest/",  # one unit, ~30 s: the suite run 11 times at once
     "tests/conformance/canvas/",
     "tests/conformance/e2e/",
-    "tests/conformance/selftest/",
+    "tests/core/monitor/",
 )
 
 TESTS = Path(__file__).parent
@@ -87,13 +90,30 @@ def brokers_of(item: pytest.Item) -> set[str]:
     return found
 
 
-def _unit(item: pytest.Item) -> str:
-    """The xdist unit of work of ``item``: its class (and matrix parameter), or module."""
-    module = "/".join(("tests", *_parts(item))) if _parts(item) else str(item.path)
+def _shares_fixtures(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a fixture set up once for several tests (class, module or
+    package scope), which splitting its tests over workers would set up again."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # pytest's internals moved: keep such tests together, to be safe
+        return True
+    return any(
+        defs[-1].scope in ("class", "module", "package") for defs in info.name2fixturedefs.values()
+    )
+
+
+def _unit(item: pytest.Item) -> str | None:
+    """The xdist unit of work of ``item``: its class (and matrix parameter), its module if
+    it shares a fixture with other tests there, else None (a unit of its own).
+
+    xdist appends it to the node id (``...::test_x[redis]@TestTransportSuite[redis]``),
+    so it is kept short; two units of one name only run on the same worker."""
     cls = getattr(item, "cls", None)
     if cls is None:
-        return module
-    unit = f"{module}::{cls.__name__}"
+        if not _shares_fixtures(item):
+            return None
+        parts = _parts(item)
+        return "/".join(parts)[: -len(".py")] if parts else str(item.path)
+    unit = cls.__name__
     params = getattr(getattr(item, "callspec", None), "params", {})
     for name in MATRIX_PARAMS:
         if name in params:
@@ -115,8 +135,9 @@ def pytest_collection_modifyitems(
             item.add_marker(name)
         if not brokers and _parts(item)[:1] == ("plugins",):
             unmarked.append(item.nodeid)
-        if xdist:
-            item.add_marker(pytest.mark.xdist_group(_unit(item)))
+        unit = _unit(item)
+        if xdist and unit is not None:
+            item.add_marker(pytest.mark.xdist_group(unit))
     if unmarked:
         raise pytest.UsageError(
             "tests under tests/plugins/ must say which broker they use (a parameter id or a "
@@ -125,11 +146,11 @@ def pytest_collection_modifyitems(
     yield
     first_seen: dict[str, int] = {}
     for index, item in enumerate(items):
-        first_seen.setdefault(_unit(item), index)
+        first_seen.setdefault(_unit(item) or item.nodeid, index)
 
     def rank(item: pytest.Item) -> tuple[int, int]:
         path = "/".join(("tests", *_parts(item)))
         early = [i for i, prefix in enumerate(RUN_FIRST) if path.startswith(prefix)]
-        return (early[0] if early else len(RUN_FIRST), first_seen[_unit(item)])
+        return (early[0] if early else len(RUN_FIRST), first_seen[_unit(item) or item.nodeid])
 
     items.sort(key=rank)  # stable: a unit's tests keep pytest's order
