@@ -121,7 +121,7 @@ def test_pyamqp_alias_and_query_options(url: str, queue: str) -> None:
 def test_wrong_password_is_a_clear_error_without_the_secret(url: str, queue: str) -> None:
     parts = urlsplit(url)
     bad = parts._replace(netloc=f"guest:s3cr3t-wrong@{parts.hostname}:{parts.port}").geturl()
-    t = create_transport(bad, connect_timeout=5)
+    t = create_transport(bad, connect_timeout=2)
     start = time.monotonic()
     try:
         with pytest.raises(BrokerError) as info:
@@ -393,7 +393,7 @@ def test_inspecting_scheduled_messages_keeps_their_time(
 
 def test_missing_vhost_is_a_clear_error(url: str, queue: str) -> None:
     parts = urlsplit(url)
-    t = create_transport(parts._replace(path="/no-such-vhost-polyq").geturl(), connect_timeout=5)
+    t = create_transport(parts._replace(path="/no-such-vhost-polyq").geturl(), connect_timeout=2)
     try:
         with pytest.raises(BrokerError, match="vhost"):
             t.publish([_msg(queue)])
