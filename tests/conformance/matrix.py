@@ -124,7 +124,7 @@ def _dynamodb(tmp: pytest.TempPathFactory) -> Iterator[str]:
 # -- the table -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Broker:
     """One built-in plugin, as the conformance tests use it."""
 
@@ -152,6 +152,9 @@ class Broker:
     def id(self) -> str:
         """The parameter id: the plugin's name."""
         return self.name
+
+    def __repr__(self) -> str:
+        return f"Broker({self.name!r})"
 
 
 BROKERS: dict[str, Broker] = {
@@ -225,7 +228,7 @@ PAIRS: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Pair:
     """A broker and a result backend, run together through worker processes."""
 
@@ -236,6 +239,9 @@ class Pair:
     def id(self) -> str:
         """The parameter id: ``<broker>-<result backend>``."""
         return f"{self.transport.name}-{self.backend.name}"
+
+    def __repr__(self) -> str:
+        return f"Pair({self.id!r})"
 
 
 # -- parametrized fixtures for the suites ------------------------------------------------
