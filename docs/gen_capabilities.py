@@ -9,7 +9,7 @@ Every fact in the page comes from the code: the URL schemes from the entry point
 (``polyq.transports`` and ``polyq.backends``, loaded through :mod:`polyq.registry`),
 the capabilities from each plugin class's ``capabilities`` attribute, their meaning
 from the ``#:`` comments in :mod:`polyq.capabilities`, and the
-drivers from the distribution's optional dependencies. ``tests/unit/test_docs.py``
+drivers from the distribution's optional dependencies. ``tests/core/test_docs.py``
 checks that the committed page equals a fresh generation.
 """
 
@@ -186,7 +186,7 @@ def generate() -> str:
         "     each plugin's `capabilities`; do not edit by hand. -->",
         "",
         "This page is generated from the code: `python docs/gen_capabilities.py` rewrites it",
-        "and `tests/unit/test_docs.py` fails when it is out of date.",
+        "and `tests/core/test_docs.py` fails when it is out of date.",
         "",
         "## URL schemes",
         "",

@@ -1,5 +1,6 @@
 """The polyq pytest plugin: command-line options for the conformance suite and a
-summary of the brokers whose tests were skipped.
+summary of the brokers whose tests were skipped (gathered from pytest-xdist's
+workers too).
 
 Enable it with ``-p polyq.testing.pytest_plugin`` (polyq's own test suite does so
 in ``pyproject.toml``). It adds:
@@ -109,6 +110,19 @@ def polyq_worker(polyq_app: Polyq) -> Iterator[Worker]:
 
 
 # -- reporting -----------------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, hand this worker's skipped brokers to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["polyq_skipped"] = dict(services.SKIPPED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Under pytest-xdist, gather the skipped brokers of a worker that finished."""
+    services.SKIPPED.update(getattr(node, "workeroutput", {}).get("polyq_skipped", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
