@@ -250,3 +250,47 @@ def test_imports_go_down_the_layers() -> None:
     assert not upward, "imports going up a layer: " + "; ".join(upward)
     # The allowed list stays short and true: an edge no longer written is removed.
     assert used_facades == FACADE_EDGES, f"facade edges not used: {FACADE_EDGES - used_facades}"
+
+
+#: Where reaching into an object's ``_private`` attributes is the point: the RabbitMQ
+#: plugin's fast path is the one module allowed to rely on pika's internals (it is
+#: enabled only for the pika versions it is tested with; docs/design/rabbitmq.md).
+PRIVATE_ACCESS_ALLOWED = frozenset({"polyq_transports/rabbitmq/fastpath.py"})
+#: Underscored names that are public API: ``os._exit``, namedtuple's ``_replace``.
+PUBLIC_UNDERSCORED = frozenset({"_exit", "_replace", "_asdict", "_fields"})
+
+
+def test_no_module_reads_private_state() -> None:
+    found = []
+    for package in PACKAGES:
+        for path in _modules(package).values():
+            relative = str(path.relative_to(ROOT))
+            if relative in PRIVATE_ACCESS_ALLOWED:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), relative)):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                name, owner = node.attr, node.value
+                if not name.startswith("_") or name.startswith("__") or name in PUBLIC_UNDERSCORED:
+                    continue
+                if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                    continue
+                # super()._hook: a class's own hierarchy, not another object's state.
+                if isinstance(owner, ast.Call) and ast.unparse(owner.func) == "super":
+                    continue
+                found.append(f"{relative}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "private state read across objects (give it a public method):\n" + (
+        "\n".join(found)
+    )
+
+
+def test_core_imports_no_broker_client() -> None:
+    clients = {"redis", "pika", "boto3", "botocore", "psycopg", "pymysql", "nats", "aiormq"}
+    plugins = {"polyq_transports", "polyq_backends", "polyq_clients"}
+    found = []
+    for name, path in _modules("polyq").items():
+        tree = ast.parse(path.read_text(), str(path))
+        for target in _runtime_imports(tree, name, path.name == "__init__.py"):
+            if target.split(".")[0] in clients | plugins:
+                found.append(f"{name} imports {target}")
+    assert not found, found
