@@ -64,8 +64,10 @@ class AsyncioPool(Pool):
                 or inspect.iscoroutinefunction(getattr(fn, "__func__", None))
             ):
                 return fn(*args, **kwargs)
-            future = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop)
+            # Registered under the lock it is looked up with: a revoke arriving as the
+            # coroutine starts waits for the registration instead of missing it.
             with self.lock:
+                future = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop)
                 self._coroutines[job.task_id] = future
             try:
                 return future.result()
