@@ -72,7 +72,7 @@ def test_dsn_and_repr_forms_are_hidden() -> None:
         "connection failed: host=db.example.com port=5432 user=app password=s3cret dbname=jobs "
         "sslpassword='key pass phrase' sslmode=verify-full\n"
         "  kwargs={'host': 'h', 'password': 'hunter2'} json={\"token\": \"tok-123\"} "
-        "PASSWORD = \"quoted secret\""
+        'PASSWORD = "quoted secret"'
     )
     shown = redact(text)
     for secret in ("s3cret", "key pass phrase", "phrase", "hunter2", "tok-123", "quoted secret"):
@@ -129,7 +129,7 @@ def test_a_password_with_an_unencoded_character_does_not_leak_from_a_port_error(
          "sslmode=require"),
         ("sqlite:////srv/a@b/polyq.sqlite3", None, None, "", "//srv/a@b/polyq.sqlite3", ""),
         ("sqs://KEY:Ab+c/d=@?region=x", "KEY", "Ab+c/d=", "", "", "region=x"),
-        ("sqs://?region=x&queue_name_prefix=a@b", None, None, "", "", "region=x&queue_name_prefix=a@b"),
+        ("sqs://?region=x&prefix=a@b", None, None, "", "", "region=x&prefix=a@b"),
         ("dynamodb://@localhost:8000/results", "", None, "localhost:8000", "/results", ""),
         ("redis+sentinel://:p@w@s1:26379,[::1]:7000/3", "", "p@w", "s1:26379,[::1]:7000", "/3", ""),
         ("amqp://guest:guest@mq//", "guest", "guest", "mq", "//", ""),
