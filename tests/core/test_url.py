@@ -196,3 +196,9 @@ def test_redact_is_cheap_on_log_lines_without_secrets() -> None:
     for _ in range(10_000):
         redact(line)
     assert time.perf_counter() - start < 0.5  # 50 µs a line at most, on a slow machine
+
+
+def test_text_whose_lower_case_is_longer_is_redacted_too() -> None:
+    # "İ".lower() is two characters: the case-blind search takes over.
+    assert redact("İstanbul PASSWORD=s3cret host=db") == "İstanbul PASSWORD=*** host=db"
+    assert redact("İ redis://:s3cret@h/0") == "İ redis://:***@h/0"
