@@ -59,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
     "result_expires": 86400,
     "result_extended": False,
     "result_exception_allowlist": [],
+    # Secrets (issue 17): a failure's message and traceback often quote a broker URL
+    # or a DSN; they are redacted before they are stored, dead-lettered or sent as
+    # events. Off only to debug with the raw text.
+    "result_redact_secrets": True,
     # Time.
     "timezone": "UTC",
     "enable_utc": True,

@@ -34,6 +34,7 @@ from polyq.exceptions import (
 from polyq.message import TaskMessage, new_id
 from polyq.request import Context, current_request
 from polyq.result import AsyncResult, EagerResult, in_task, store_state
+from polyq.url import redact
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -287,7 +288,8 @@ def _on_failure(
 ) -> Outcome:
     if store and (not ignore_result or task.store_errors_even_if_ignored):
         store_state(app, message.id, states.FAILURE, exc=exc, message=message, hostname=hostname)
-    logger.error("Task %s[%s] raised %s: %s", task.name, message.id, type(exc).__name__, exc)
+    shown = _shown(app, exc)
+    logger.error("Task %s[%s] raised %s: %s", task.name, message.id, type(exc).__name__, shown)
     try:
         task.on_failure(exc, message.id, message.args, message.kwargs, einfo)
     except Exception:
@@ -311,7 +313,7 @@ def _on_failure(
         states.FAILURE,
         exc=exc,
         traceback=einfo,
-        reason=f"task failed ({type(exc).__name__}: {exc}) and acks_on_failure_or_timeout is off",
+        reason=f"task failed ({type(exc).__name__}: {shown}) and acks_on_failure_or_timeout is off",
     )
 
 
@@ -327,13 +329,21 @@ def _on_retry(
     cause = exc.exc if exc.exc is not None else exc
     if store:
         store_state(app, message.id, states.RETRY, exc=cause, message=message, hostname=hostname)
-    logger.info("Task %s[%s] retry: %s", task.name, message.id, exc)
+    logger.info("Task %s[%s] retry: %s", task.name, message.id, _shown(app, exc))
     try:
         task.on_retry(cause, message.id, message.args, message.kwargs, einfo)
     except Exception:
         logger.exception("on_retry of %s[%s] raised", task.name, message.id)
     signals.task_retry.send(sender=task, request=task.request, reason=cause, einfo=einfo)
     return Outcome("ack", message.id, states.RETRY, exc=exc)
+
+
+def _shown(app: Polyq, exc: BaseException) -> str:
+    """An exception's message as it leaves the task: in log lines, dead-letter
+    reasons and events. Redacted (URL passwords, DSN secrets) unless
+    ``result_redact_secrets`` is off, as the stored record is."""
+    text = str(exc)
+    return redact(text) if app.conf.result_redact_secrets else text
 
 
 def _children() -> dict[str, Any] | None:

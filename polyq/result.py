@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from polyq import exceptions, serialization, states
 from polyq.current import default_app
+from polyq.url import redact
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -64,15 +65,21 @@ def decode_record(data: bytes, accept: frozenset[str]) -> dict[str, Any]:
     return value
 
 
-def exception_fields(exc: BaseException, with_traceback: bool = True) -> dict[str, Any]:
-    """What a record keeps of an exception: its type's name, message and traceback."""
+def exception_fields(
+    exc: BaseException, with_traceback: bool = True, redact_secrets: bool = False
+) -> dict[str, Any]:
+    """What a record keeps of an exception: its type's name, message and traceback;
+    with ``redact_secrets``, URL passwords and secret ``key=value`` pairs in the
+    message and traceback are hidden (:func:`polyq.url.redact`)."""
+    message = str(exc)
     fields: dict[str, Any] = {
         "exc_type": type(exc).__name__,
         "exc_module": type(exc).__module__,
-        "exc_message": str(exc),
+        "exc_message": redact(message) if redact_secrets else message,
     }
     if with_traceback:
-        fields["traceback"] = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        fields["traceback"] = redact(text) if redact_secrets else text
     return fields
 
 
@@ -437,10 +444,12 @@ def store_state(
     hostname: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a task's record to the result backend."""
+    """Write a task's record to the result backend (an exception's message and
+    traceback redacted unless ``result_redact_secrets`` is off: they often quote a
+    connection URL or DSN)."""
     record: dict[str, Any] = {"status": state, "result": result, "task_id": task_id}
     if exc is not None:
-        record.update(exception_fields(exc))
+        record.update(exception_fields(exc, redact_secrets=app.conf.result_redact_secrets))
         record["result"] = None
     if state in states.READY_STATES:
         record["date_done"] = datetime.datetime.now(datetime.UTC).isoformat()

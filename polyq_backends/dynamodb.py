@@ -15,13 +15,12 @@ import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import botocore.exceptions
 
 from polyq.backend import BackendCapabilities, ResultBackend
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.url import redact
+from polyq.url import redact, split_url
 from polyq_clients import aws
 
 __all__ = ["DynamoDBResultBackend"]
@@ -46,7 +45,7 @@ class DynamoDBResultBackend(ResultBackend):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        parts = urlsplit(url)
+        parts = split_url(url)  # a secret key in the user info may hold "/" as typed
         endpoint = options.get("endpoint_url")
         region = options.get("region", options.get("region_name"))
         if parts.hostname:

@@ -10,29 +10,32 @@ the service answered. Credentials are never printed: messages quote the URL thro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.url import redact
+from polyq.url import is_loopback, redact, split_url, warn_insecure
 
 __all__ = ["call", "create_client", "error_code", "refused", "session_args"]
+
+logger = logging.getLogger(__name__)
 
 
 def session_args(url: str, options: Mapping[str, Any], region: Any = None) -> dict[str, Any]:
     """The ``boto3.session.Session`` arguments for ``url`` and ``options``: keys in the
     URL's user info (Celery's spelling) or the ``aws_*`` options, ``profile_name`` and
     ``region``; anything unset is left to boto3's usual chain."""
-    parts = urlsplit(url)
+    parts = split_url(url)  # a secret key holds "/" and "+" as typed
     args: dict[str, Any] = {}
     if parts.username:
-        args["aws_access_key_id"] = unquote(parts.username)
-        args["aws_secret_access_key"] = unquote(parts.password or "")
+        args["aws_access_key_id"] = parts.username
+        args["aws_secret_access_key"] = parts.password or ""
     for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
         if options.get(key):
             args[key] = str(options[key])
@@ -62,6 +65,16 @@ def create_client(
         read_timeout=float(options.get("read_timeout", read_timeout)),
         retries={"max_attempts": int(options.get("max_attempts", 4)), "mode": "standard"},
     )
+    if endpoint and str(endpoint).lower().startswith("http://"):
+        host = urlsplit(str(endpoint)).hostname
+        if not is_loopback(host):
+            warn_insecure(
+                logger,
+                str(endpoint),
+                f"the {label} endpoint is plain HTTP: requests, signed but not encrypted, "
+                "and their answers can be read on the network path",
+                "Use an https:// endpoint_url (AWS's own endpoints are HTTPS by default).",
+            )
     try:
         # A session per instance: boto3's default session is shared global state.
         return boto3.session.Session(**session_args(url, options, region)).client(

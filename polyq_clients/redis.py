@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -20,7 +19,8 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.url import query_options, redact
+from polyq.url import is_loopback, query_options, redact, url_list, warn_insecure
+from polyq.url import split_url as parse_url
 
 __all__ = ["connect", "split_url", "translate_errors"]
 
@@ -35,34 +35,19 @@ _SSL_KEYS = (
 def split_url(url: str) -> tuple[str, str | None, str | None, list[tuple[str, int]], int]:
     """``(scheme, username, password, [(host, port)...], db)`` of one Redis URL.
 
-    Parsed by hand because ``urlsplit`` cannot read a Sentinel host list.
+    Split by :func:`polyq.url.split_url` (a password may hold ``@``, ``/``, ``?`` or
+    ``#`` as typed), which also reads a Sentinel host list. ``redis://secret@host``
+    (no colon) is Celery's password-only spelling.
     """
-    scheme, _, rest = url.partition("://")
-    rest = rest.split("?", 1)[0].split("#", 1)[0]
-    netloc, _, path = rest.partition("/")
-    username = password = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, sep, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if sep else None
-        if not sep and user:  # "redis://secret@host" is Celery's password-only spelling
-            username, password = None, unquote(user)
-    default_port = 26379 if "sentinel" in scheme.lower() else 6379
-    hosts: list[tuple[str, int]] = []
-    for part in filter(None, netloc.split(",")):
-        if part.startswith("["):  # [IPv6]:port
-            host, _, port = part[1:].partition("]")
-            port = port.lstrip(":")
-        else:
-            host, _, port = part.partition(":")
-        try:
-            hosts.append((host or "localhost", int(port) if port else default_port))
-        except ValueError:
-            raise ConfigurationError(
-                f"bad port {port!r} in Redis URL {redact(url)!r}; expected host:port"
-            ) from None
-    path = path.strip("/")
+    parts = parse_url(url)
+    username, password = parts.username or None, parts.password
+    if password is None and username:
+        username, password = None, username
+    default_port = 26379 if "sentinel" in parts.scheme.lower() else 6379
+    hosts = [
+        (host or "localhost", port or default_port) for host, port in parts.hosts if host or port
+    ]
+    path = parts.path.strip("/")
     try:
         db = int(path) if path else 0
     except ValueError:
@@ -70,13 +55,15 @@ def split_url(url: str) -> tuple[str, str | None, str | None, list[tuple[str, in
             f"bad database {path!r} in Redis URL {redact(url)!r}; the path must be a "
             "database number such as /0"
         ) from None
-    return scheme.lower(), username, password, hosts or [("localhost", default_port)], db
+    return parts.scheme.lower(), username, password, hosts or [("localhost", default_port)], db
 
 
-def _ssl_kwargs(options: Mapping[str, Any], url: str) -> dict[str, Any]:
+def _ssl_kwargs(
+    options: Mapping[str, Any], url: str, hosts: list[tuple[str, int]]
+) -> dict[str, Any]:
     """redis-py's TLS keyword arguments from the ``ssl_*`` options (or an ``ssl`` /
-    ``broker_use_ssl`` dict); refuses unknown ones and warns when nothing verifies
-    the server's certificate."""
+    ``broker_use_ssl`` dict); refuses unknown ones and warns (once) when the server's
+    certificate or host name is not checked on a connection that leaves this host."""
     merged: dict[str, Any] = {}
     for nested in ("broker_use_ssl", "ssl"):
         if isinstance(options.get(nested), Mapping):
@@ -93,15 +80,28 @@ def _ssl_kwargs(options: Mapping[str, Any], url: str) -> dict[str, Any]:
             f"ssl_cert_reqs={merged['ssl_cert_reqs']!r} for {redact(url)}: use required, "
             "optional or none"
         )
-    if reqs != "required":
-        logger.warning(
-            "TLS to %s does not verify the server certificate (ssl_cert_reqs=%s); anyone "
-            "on the path can read and alter messages. Set ssl_cert_reqs=required and "
-            "ssl_ca_certs to fix it.",
-            redact(url),
-            reqs,
-        )
     merged["ssl_cert_reqs"] = reqs
+    # redis-py checks the host name by default; only an explicit false turns it off.
+    check_hostname = merged.get("ssl_check_hostname", True) not in (False, "false", 0, "0")
+    merged["ssl_check_hostname"] = check_hostname and reqs != "none"
+    remote = not all(is_loopback(host) for host, _ in hosts)
+    # Client side, "optional" verifies like "required" (Python's ssl module): no warning.
+    if remote and reqs == "none":
+        warn_insecure(
+            logger,
+            url,
+            "TLS without certificate verification (ssl_cert_reqs=none): anyone on the "
+            "network path can read and alter messages",
+            "Set ssl_cert_reqs=required and ssl_ca_certs=<CA file> (or rely on the system CAs).",
+        )
+    elif remote and not check_hostname:
+        warn_insecure(
+            logger,
+            url,
+            "TLS without host name checking (ssl_check_hostname=false): any certificate "
+            "the CA signed, for any host, is accepted",
+            "Remove ssl_check_hostname=false and connect by the name in the certificate.",
+        )
     return {"ssl": True, **merged}
 
 
@@ -114,10 +114,12 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
     blocking command well below it.
     """
     options = {**options, **query_options(url)}
-    scheme, username, password, hosts, db = split_url(url.split(";", 1)[0])
-    if ";" in url:  # Celery: sentinel://h1:26379;sentinel://h2:26379
-        for extra in url.split(";")[1:]:
-            hosts += split_url(extra)[3]
+    # Celery: sentinel://h1:26379;sentinel://h2:26379 (a ";" before another scheme only:
+    # a password may hold one).
+    first, *others = url_list(url) or [url]
+    scheme, username, password, hosts, db = split_url(first)
+    for extra in others:
+        hosts += split_url(extra)[3]
     # TLS: the rediss scheme, or ssl=True / an ssl dict / Celery's broker_use_ssl dict
     tls = scheme.startswith("rediss") or any(
         options.get(key) is True or (isinstance(options.get(key), Mapping) and options[key])
@@ -141,7 +143,7 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
         if key in options:
             kwargs[key] = options[key]
     if tls:
-        kwargs.update(_ssl_kwargs(options, url))
+        kwargs.update(_ssl_kwargs(options, url, hosts))
     if "sentinel" in scheme:
         master = options.get("master_name")
         if not master:

@@ -23,7 +23,8 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.url import redact
+from polyq.url import redact, split_url
+from polyq_clients import sql_tls
 
 __all__ = [
     "SQLDatabase",
@@ -61,7 +62,11 @@ def engine_url(url: str) -> URL:
     ``postgresql+psycopg://``, ``mysql://`` → ``mysql+pymysql://``) and polyq's own
     options removed from the query string."""
     try:
-        parsed = make_url(url)
+        # Re-encoded first: a password typed with "@", "/", "?" or "#" in it is read
+        # whole (polyq.url's rule), where SQLAlchemy would cut it at the first "@".
+        parsed = make_url(url if url.lower().startswith("sqlite") else split_url(url).geturl())
+    except ConfigurationError:
+        raise
     except Exception as exc:
         raise ConfigurationError(f"not a valid SQL URL: {redact(url)!r} ({exc})") from exc
     driver = _DRIVERS.get(parsed.drivername.lower())
@@ -85,6 +90,10 @@ def build_engine(url: str, options: Mapping[str, Any]) -> Engine:
     target = engine_url(url)
     backend = target.get_backend_name()
     kwargs: dict[str, Any] = {"hide_parameters": True}
+    if backend == "postgresql":
+        sql_tls.check_postgres(target, url)
+    elif backend in ("mysql", "mariadb"):
+        target, kwargs["connect_args"] = sql_tls.mysql_connect_args(target, url)
     if backend == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False}
         kwargs["poolclass"] = sa.QueuePool

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -18,14 +19,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import pika
 import pika.exceptions
 from pika.channel import Channel
 
 from polyq.exceptions import BrokerError, ConfigurationError
-from polyq.url import redact
+from polyq.url import is_loopback, redact, split_url, url_list, warn_insecure
 
 from .fastpath import FastConnection, PlainConnection
 
@@ -45,7 +46,7 @@ _RECONNECT_MAX = 2.0
 
 def split_urls(url: str) -> list[str]:
     """The brokers of a ``;``-separated list, tried in turn."""
-    parts = [part.strip() for part in url.split(";") if part.strip()]
+    parts = url_list(url)  # a ";" only before another amqp://: a password may hold one
     if not parts:
         raise ConfigurationError("empty RabbitMQ URL; expected amqp://user:password@host//")
     return parts
@@ -59,7 +60,7 @@ def parameters(
     confirm_timeout: float,
 ) -> pika.URLParameters:
     """pika's connection parameters for one broker URL (polyq's query options removed)."""
-    split = urlsplit(url)
+    split = split_url(url)  # a password may hold "@", "/", "?" or "#" as typed
     scheme = split.scheme.lower()
     if scheme == "pyamqp":
         scheme = "amqp"
@@ -67,8 +68,9 @@ def parameters(
         raise ConfigurationError(
             f"{redact(url)} is not an AMQP URL; expected amqp://user:password@host:5672/vhost"
         )
-    # The query string carries polyq's options, which pika would reject.
-    bare = urlunsplit((scheme, split.netloc, split.path, "", ""))
+    # The query string carries polyq's options, which pika would reject; the user
+    # info is re-encoded for pika's strict parser.
+    bare = dataclasses.replace(split, scheme=scheme, query="", fragment="").geturl()
     try:
         params = pika.URLParameters(bare)
     except Exception as exc:
@@ -88,9 +90,15 @@ def parameters(
         if certfile:
             context.load_cert_chain(certfile, options.get("ssl_keyfile"))
         if not options.get("ssl_verify", True):
-            logger.warning(
-                "TLS certificate verification is off for %s (ssl_verify=false)", redact(url)
-            )
+            if not is_loopback(split.hostname):
+                warn_insecure(
+                    logger,
+                    url,
+                    "TLS without certificate verification (ssl_verify=false): anyone on the "
+                    "network path can read and alter messages",
+                    "Remove ssl_verify=false and set ssl_ca_certs=<CA file> (or rely on the "
+                    "system's CAs).",
+                )
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         params.ssl_options = pika.SSLOptions(context, server_hostname=split.hostname)

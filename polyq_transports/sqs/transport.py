@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import botocore.exceptions
 
@@ -25,7 +24,7 @@ from polyq.transport import (
     Subscription,
     Transport,
 )
-from polyq.url import redact
+from polyq.url import redact, split_url
 from polyq_clients import aws
 from polyq_clients.aws import error_code
 from polyq_transports.sqs.broadcast import Broadcasts
@@ -80,7 +79,7 @@ class SQSTransport(Transport):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        parts = urlsplit(url)
+        parts = split_url(url)  # Celery's sqs://KEY:SECRET@ with "/" in the secret
         if parts.path not in ("", "/"):
             raise ConfigurationError(
                 f"{redact(url)}: an sqs:// URL has no path; give the region and queue "
