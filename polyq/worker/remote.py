@@ -405,7 +405,13 @@ def add_consumer(worker: Worker, arguments: dict[str, Any]) -> Any:
         return {"ok": f"already consuming {queue}"}
     trial = worker.consumer.trials.start(queue)
     worker.queues = [*worker.queues, queue]  # a new list: the consumer reads it each loop
-    if trial.done.wait(ADD_CONSUMER_WAIT) and trial.error is not None:
+    if not trial.done.wait(ADD_CONSUMER_WAIT):
+        # The consumer has not received since (a long wait, or a full prefetch window).
+        return {
+            "ok": f"consuming from {queue} (not yet confirmed by the broker: if it refuses "
+            "the queue, the worker drops it again and logs why; see inspect active_queues)"
+        }
+    if trial.error is not None:
         return {"error": f"add_consumer: not consuming {queue}: {trial.error}"}
     return {"ok": f"consuming from {queue}"}
 

@@ -105,7 +105,9 @@ def test_a_lower_minimum_time_limit_can_be_allowed(app: Polyq) -> None:
     app.conf.worker_remote_control_min_time_limit = 0.5
     with start_worker(app, pool="solo"):
         assert forge(app, "time_limit", task_name="remote.add", soft=0.5)["ok"]
-        assert "at least 0.5" in error_of(forge(app, "time_limit", task_name="remote.add", soft=0.1))
+        assert "at least 0.5" in error_of(
+            forge(app, "time_limit", task_name="remote.add", soft=0.1)
+        )
 
 
 def test_forged_rate_limit_that_parks_messages_is_refused(app: Polyq) -> None:
@@ -124,7 +126,8 @@ def test_forged_rate_limit_that_parks_messages_is_refused(app: Polyq) -> None:
 
 
 @pytest.mark.parametrize(
-    "queue", ["celery.dlq", "celery-dlq", "celery.delay.03", "jobs-delay", "amq.gen", "polyq.events"]
+    "queue",
+    ["celery.dlq", "celery-dlq", "celery.delay.03", "jobs-delay", "amq.gen", "polyq.events"],
 )
 def test_add_consumer_refuses_dead_letter_delay_and_internal_queues(app: Polyq, queue: str) -> None:
     with start_worker(app) as worker:
