@@ -64,6 +64,8 @@ class QueueTrials:
         """``transport.receive(queues, ...)``, dropping the queues on trial that the
         broker refuses instead of failing for every queue."""
         transport = self.worker.transport
+        if not self._pending:  # the common case: no lock taken on the hot path
+            return transport.receive(queues, max_messages, wait)
         with self._lock:
             tried = [q for q in queues if q in self._pending]
         if not tried:

@@ -40,6 +40,7 @@ from polyq.control_args import (
     check_envelope,
 )
 from polyq.events import message_fields
+from polyq.exceptions import ConfigurationError
 from polyq.transport import Delivery
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class ControlListener:
                 "on the control channel; revokes are read from the result backend every 2 s"
             )
         if not worker.transport.capabilities.broadcast or not enabled:
-            # No broadcast: re-read the durable revokes now and then instead.
+            # No broadcast (or not listening): re-read the durable revokes now and then.
             while not worker.stopped.wait(2.0):
                 worker.revocations.load(worker.app)
             return
@@ -111,7 +112,7 @@ class ControlListener:
 def _warn_unknown_commands(worker: Worker) -> None:
     try:
         allowed = allowed_commands(worker.app.conf.worker_remote_control_commands)
-    except ControlArgumentError as exc:
+    except ConfigurationError as exc:
         logger.warning("%s", exc)
         return
     unknown = sorted(allowed - set(ALL_COMMANDS))
@@ -127,7 +128,7 @@ def _refusal(worker: Worker, command: str) -> str | None:
     """Why ``command`` is not accepted here (``None``: it is)."""
     try:
         allowed = allowed_commands(worker.app.conf.worker_remote_control_commands)
-    except ControlArgumentError as exc:
+    except ConfigurationError as exc:
         return str(exc)
     if command in allowed:
         return None

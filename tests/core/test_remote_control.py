@@ -178,6 +178,13 @@ def test_allow_list_from_the_environment_form(app: Polyq) -> None:
         assert "turned off" in error_of(forge(app, "add_consumer", queue="extra"))
 
 
+def test_a_malformed_allow_list_refuses_everything(app: Polyq) -> None:
+    app.conf.worker_remote_control_commands = 3
+    with start_worker(app) as worker:
+        assert "worker_remote_control_commands=3" in error_of(forge(app, "shutdown"))
+        assert not worker.stopping.is_set()
+
+
 def test_remote_control_off_means_no_listener_but_revokes_still_work(app: Polyq) -> None:
     app.conf.worker_enable_remote_control = False
     add = app.tasks["remote.add"]
