@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from polyq.control_args import ALL_COMMANDS, Limits, check
+from polyq.control_args import ALL_COMMANDS, MAX_REVOKE_IDS, Limits, check
 from polyq.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -75,11 +75,17 @@ class Control:
         """Revoke tasks: queued ones will not run; with ``terminate``, running ones
         are killed (prefork pool only). Durable: kept in the result backend."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        self.check("revoke", {"ids": ids, "terminate": terminate, "signal": signal})
+        if not ids:
+            return
+        # Workers take at most MAX_REVOKE_IDS ids per broadcast: send more in several.
+        chunks = [ids[i : i + MAX_REVOKE_IDS] for i in range(0, len(ids), MAX_REVOKE_IDS)]
+        for chunk in chunks:  # every id checked before anything is stored or sent
+            self.check("revoke", {"ids": chunk, "terminate": terminate, "signal": signal})
         ttl = max(REVOKE_TTL, self.app.result_ttl or 0.0)
         record = json.dumps({"terminate": terminate, "signal": signal, "at": time.time()}).encode()
         self.app.backend.set_many([(REVOKED_PREFIX + i, record) for i in ids], ttl=ttl)
-        self.broadcast("revoke", ids=ids, terminate=terminate, signal=signal)
+        for chunk in chunks:
+            self.broadcast("revoke", ids=chunk, terminate=terminate, signal=signal)
 
     def check(self, command: str, arguments: dict[str, Any]) -> None:
         """Raise :class:`~polyq.control_args.ControlArgumentError` when ``arguments`` are

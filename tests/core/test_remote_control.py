@@ -227,5 +227,17 @@ def test_client_refuses_bad_arguments_before_sending(app: Polyq) -> None:
             app.control.revoke("some-id", terminate=True, signal="NOPE")
         with pytest.raises(ValueError, match="n must be"):
             app.control.broadcast("pool_shrink", {"n": 0})
+        with pytest.raises(ValueError, match="task id"):
+            app.control.revoke(["ok-id", "bad\x00id"])
         assert channel.get(0.3) is None  # nothing was sent
     assert app.control.revoked() == []  # nor stored
+
+
+def test_a_large_revoke_is_sent_in_several_broadcasts(app: Polyq) -> None:
+    ids = [f"id-{i}" for i in range(10_001)]
+    with start_worker(app) as worker:
+        app.control.revoke(ids)
+        deadline = time.monotonic() + 10
+        while len(worker.revocations.ids()) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert set(worker.revocations.ids()) == set(ids)
