@@ -80,6 +80,30 @@ DEFAULTS: dict[str, Any] = {
     ),
     "worker_send_task_events": False,
     "worker_redirect_stdouts": True,
+    # Remote control (docs/workers.md "Remote control"): whether the worker listens on
+    # the control channel, which commands it accepts from it, and the bounds of their
+    # arguments (a command body is data from the broker, so every argument is checked).
+    "worker_enable_remote_control": True,
+    "worker_remote_control_commands": [
+        "ping",
+        "active",
+        "reserved",
+        "registered",
+        "revoked",
+        "active_queues",
+        "stats",
+        "revoke",
+        "rate_limit",
+        "time_limit",
+        "shutdown",
+        "pool_grow",
+        "pool_shrink",
+        "add_consumer",
+        "cancel_consumer",
+    ],
+    "worker_remote_control_max_concurrency": None,  # None: max(16, 4 x CPUs)
+    "worker_remote_control_min_time_limit": 1.0,
+    "worker_remote_control_max_rate_interval": 3600.0,
     # Modules.
     "imports": [],
     "include": [],

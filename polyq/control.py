@@ -19,6 +19,12 @@ Commands and replies
 
     Replies take the shape Celery's have: a list of ``{hostname: reply}``.
 
+Arguments
+    Each command's arguments are checked here before anything is sent or stored
+    (``app.control.pool_grow(-100)`` raises
+    :class:`~polyq.control_args.ControlArgumentError` at once), and again by every
+    worker, which trusts no command body (:mod:`polyq.control_args`).
+
 Brokers without broadcast
     Revokes still work (workers re-read them from the backend every 2 s);
     commands and inspection raise :class:`~polyq.exceptions.ConfigurationError`.
@@ -33,6 +39,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from polyq.control_args import ALL_COMMANDS, MAX_REVOKE_IDS, Limits, check
 from polyq.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -68,10 +75,24 @@ class Control:
         """Revoke tasks: queued ones will not run; with ``terminate``, running ones
         are killed (prefork pool only). Durable: kept in the result backend."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        if not ids:
+            return
+        # Workers take at most MAX_REVOKE_IDS ids per broadcast: send more in several.
+        chunks = [ids[i : i + MAX_REVOKE_IDS] for i in range(0, len(ids), MAX_REVOKE_IDS)]
+        for chunk in chunks:  # every id checked before anything is stored or sent
+            self.check("revoke", {"ids": chunk, "terminate": terminate, "signal": signal})
         ttl = max(REVOKE_TTL, self.app.result_ttl or 0.0)
         record = json.dumps({"terminate": terminate, "signal": signal, "at": time.time()}).encode()
         self.app.backend.set_many([(REVOKED_PREFIX + i, record) for i in ids], ttl=ttl)
-        self.broadcast("revoke", ids=ids, terminate=terminate, signal=signal)
+        for chunk in chunks:
+            self.broadcast("revoke", ids=chunk, terminate=terminate, signal=signal)
+
+    def check(self, command: str, arguments: dict[str, Any]) -> None:
+        """Raise :class:`~polyq.control_args.ControlArgumentError` when ``arguments`` are
+        not valid for ``command`` under this app's ``worker_remote_control_*`` settings
+        (commands polyq does not know are left to the workers to answer)."""
+        if command in ALL_COMMANDS:
+            check(command, arguments, Limits.from_settings(self.app.conf))
 
     def revoked(self) -> list[str]:
         """Ids of tasks revoked and not yet expired."""
@@ -99,6 +120,7 @@ class Control:
         """
         transport = self.app.transport
         args = {**(arguments or {}), **extra}
+        self.check(command, args)
         if destination:
             args["destination"] = (
                 [destination] if isinstance(destination, str) else list(destination)

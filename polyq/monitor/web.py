@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 
 from polyq import states
 from polyq.app import Polyq
+from polyq.control_args import ControlArgumentError
 from polyq.events import RUNTIME_BUCKETS, EventReceiver, State
 from polyq.result import decode_record, meta_key
 
@@ -473,6 +474,11 @@ def create_app(monitor: Monitor) -> Flask:
             abort(400, "actions need JSON and the X-Polyq-Action: 1 header")
         body = request.get_json(silent=True)
         return body if isinstance(body, dict) else {}
+
+    @flask.errorhandler(ControlArgumentError)
+    def bad_control_argument(exc: ControlArgumentError) -> tuple[Response, int]:
+        # The control client refused the action's arguments before sending anything.
+        return jsonify({"error": str(exc)}), 400
 
     @flask.post("/api/tasks/<task_id>/revoke")
     def api_revoke(task_id: str) -> Response:

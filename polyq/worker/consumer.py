@@ -23,6 +23,7 @@ from polyq.exceptions import DecodeError, WorkerLostError
 from polyq.message import peek
 from polyq.transport import Delivery, OutgoingMessage
 from polyq.worker.pools import Job
+from polyq.worker.queue_trials import QueueTrials
 from polyq.worker.settling import dead_letter, store_outside_task
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class Consumer:
         self.waiting = False
         self._keys = itertools.count(1)
         self._overflowed = 0
+        #: Queues added by remote control that the broker has not accepted yet.
+        self.trials = QueueTrials(worker)
 
     def run(self) -> None:
         """The consumer thread: receive and queue until the worker stops consuming."""
@@ -107,7 +110,7 @@ class Consumer:
                 self.dispatch()
                 continue
             try:
-                deliveries = transport.receive(worker.queues, free, wait)
+                deliveries = self.trials.receive(worker.queues, free, wait)
                 errors = 0
             except Exception as exc:
                 errors += 1

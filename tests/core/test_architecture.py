@@ -189,7 +189,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Events and the control client sit below the worker: the worker speaks their
     # protocols (polyq.events.EventDispatcher, polyq.control.CONTROL_CHANNEL).
     ("events", ("polyq.events",)),
-    ("control", ("polyq.control",)),
+    ("control", ("polyq.control", "polyq.control_args")),
     ("worker", ("polyq.worker",)),
     ("beat", ("polyq.beat",)),
     ("monitor", ("polyq.monitor",)),

@@ -142,8 +142,9 @@ def test_rate_limit_and_time_limit(cluster: str) -> None:
     assert cli("control", "rate_limit", "tests.core.monitor.monapp.add", "0", "--json")[W1]["ok"]
     unknown = cli("control", "rate_limit", "nope", "1/s", "-d", W1, "--json")
     assert "unknown task" in unknown[W1]["error"]
-    bad = cli("control", "rate_limit", "tests.core.monitor.monapp.add", "ten", "-d", W1, "--json")
-    assert "bad rate limit" in bad[W1]["error"]
+    # A bad rate is refused by the client before anything is sent (workers check too).
+    bad = cli("control", "rate_limit", "tests.core.monitor.monapp.add", "ten", "-d", W1, ok=False)
+    assert bad.exit_code == 1 and "bad rate limit 'ten'" in bad.output
     # Time limits: prefork enforces both; threads cannot, and says so.
     limits = cli("control", "time_limit", "tests.core.monitor.monapp.sleep", "5", "10", "--json")
     assert "soft=5.0 hard=10.0" in limits[W1]["ok"]
