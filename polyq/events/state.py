@@ -64,7 +64,7 @@ _NAME_LIMIT = 200
 _TEXT_LIMIT = 2048
 _SHORT_LIMIT = 64
 #: Queues kept per worker (a heartbeat lists what it consumes).
-_WORKER_QUEUES = 64
+_WORKER_QUEUES = 32
 #: Seconds an event's timestamp may lie ahead of this clock and still count in the series.
 _FUTURE_SKEW = 60
 
