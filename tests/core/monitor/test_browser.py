@@ -217,9 +217,14 @@ def test_revoke_of_a_hostile_id_revokes_it_and_shuts_no_worker_down(
         assert worker.proc.poll() is None, "the worker exited"
         replies = app.control.ping(destination=[hostname], timeout=2.0)
         assert [hostname] == [h for r in replies for h in r], replies
-        # Its page link is not a URL the id could change: it shows as text.
-        cell = driver.find_element("css selector", f'#tasks tr[data-id="{hostile}"] td')
-        assert not cell.find_elements("css selector", "a")
+
+        # No URL can name it, so its id shows as text, not as a link (the table is
+        # redrawn every 1.5 s: each try finds the cell afresh).
+        def shown_as_text() -> bool:
+            cell = driver.find_element("css selector", f'#tasks tr[data-id="{hostile}"] td')
+            return bool(cell.text) and not cell.find_elements("css selector", "a")
+
+        wait_for(shown_as_text, what="the id shown as text")
     finally:
         stop_sent()
         worker.stop()
