@@ -188,12 +188,17 @@ class Monitor:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def allow_bind_address(self, address: str) -> None:
+        """Answer requests naming ``address``, the one served (a specific one: the
+        wildcards 0.0.0.0 and :: name no host)."""
+        if address not in ("0.0.0.0", "::", ""):
+            self.allowed_hosts = normalize_hosts([*self.allowed_hosts, address])
+
     def serve(self, host: str = "127.0.0.1", port: int = 5555) -> None:
         """Start the threads and serve HTTP until interrupted (Werkzeug's threaded server)."""
         from werkzeug.serving import make_server
 
-        if host not in ("0.0.0.0", "::", ""):  # the address served is a name it answers to
-            self.allowed_hosts = normalize_hosts([*self.allowed_hosts, host])
+        self.allow_bind_address(host)
         self.start()
         server = make_server(host, port, self.flask, threaded=True)
         try:

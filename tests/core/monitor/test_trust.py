@@ -106,6 +106,11 @@ def test_allowed_hosts_from_the_argument_and_the_setting(setup: tuple[Polyq, Mon
         assert ok.status_code == 200
     finally:
         app.conf.monitor_allowed_hosts = []
+    bound = Monitor(app)
+    bound.allow_bind_address("0.0.0.0")
+    bound.allow_bind_address("10.1.2.3")
+    assert bound.flask.test_client().get("/", headers={"Host": "10.1.2.3:5555"}).status_code == 200
+    assert "0.0.0.0" not in bound.allowed_hosts
     anything = Monitor(app, allowed_hosts=["*"]).flask.test_client()
     assert anything.get("/api/overview", headers={"Host": "any.example"}).status_code == 200
 
@@ -320,3 +325,48 @@ def test_a_scrape_reads_counters_not_the_history(setup: tuple[Polyq, Monitor, An
         monitor.state.tasks = kept
     assert 'polyq_tasks_total{name="(other)",state="SUCCESS"}' in text
     assert overview["tasks_by_state"] == {"RECEIVED": 5000, "SUCCESS": 5000}
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_the_monitor_command_takes_hosts_and_bounds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from click.testing import CliRunner
+
+    from polyq.cli import main
+    from polyq.testing import services
+    from tests.core.monitor import monapp
+    from tests.core.monitor.support import APP, use_broker
+
+    served: dict[str, Any] = {}
+
+    def serve(self: Monitor, host: str = "127.0.0.1", port: int = 5555) -> None:
+        served.update(monitor=self, host=host)
+
+    monkeypatch.setattr(Monitor, "serve", serve)
+    use_broker(monapp.app, services.sqlite_url(tmp_path))
+    try:
+        args = ["-A", APP, "monitor", "--address", "0.0.0.0", "--allowed-host", "dash.example"]
+        args += ["--allowed-host", ".corp.example", "--max-tasks", "50", "--max-workers", "7"]
+        result = CliRunner().invoke(main, [*args, "--max-task-names", "9"])
+        assert result.exit_code == 0, result.output
+        monitor: Monitor = served["monitor"]
+        assert {"dash.example", ".corp.example", "localhost"} <= set(monitor.allowed_hosts)
+        state = monitor.state
+        assert (state.max_tasks, state.max_workers, state.max_task_names) == (50, 7, 9)
+        assert "without --basic-auth or --token" in result.output
+        assert "no --allowed-host" not in result.output
+        bare = CliRunner().invoke(main, ["-A", APP, "monitor", "--address", "0.0.0.0"])
+        assert "no --allowed-host" in bare.output and "--basic-auth" in bare.output
+        assert served["monitor"].state.max_tasks == 10000
+        refused = CliRunner().invoke(main, ["-A", APP, "monitor", "--max-tasks", "0"])
+        assert refused.exit_code != 0 and "--max-tasks" in refused.output
+    finally:
+        monapp.app.close()
+    # The setting from the environment, comma-separated.
+    monkeypatch.setenv("POLYQ_MONITOR_ALLOWED_HOSTS", "a.example, b.example:8080")
+    app = Polyq("env", broker=f"memory://env-{uuid.uuid4().hex[:8]}")
+    assert {"a.example", "b.example"} <= set(Monitor(app).allowed_hosts)
+    app.close()
