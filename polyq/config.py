@@ -113,6 +113,13 @@ DEFAULTS: dict[str, Any] = {
     "beat_missed_policy": "run_once",
     "beat_max_loop_interval": 5.0,
     "beat_key_prefix": "polyq-beat-",
+    # The dashboard (`polyq monitor`): what it keeps in memory (Flower's max_tasks and
+    # max_workers, Celery's max_tasks_in_memory / max_workers_in_memory), and the Host
+    # names it answers besides the loopback ones (DNS rebinding; "*" allows any).
+    "monitor_max_tasks": 10000,
+    "monitor_max_workers": 5000,
+    "monitor_max_task_names": 1000,
+    "monitor_allowed_hosts": [],
 }
 
 #: Celery settings polyq deliberately does not have, and what to use instead.

@@ -17,7 +17,7 @@ import click
 
 from polyq.exceptions import PolyqError
 
-__all__ = ["control", "events", "inspect", "monitor", "status"]
+__all__ = ["control", "events", "exposure_warnings", "inspect", "monitor", "status"]
 
 F = Callable[..., Any]
 
@@ -368,13 +368,17 @@ def events(ctx: click.Context, as_json: bool, duration: float | None) -> None:
 # -- monitor ------------------------------------------------------------------------
 
 
+#: Addresses that reach only this machine.
+LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+
+
 @click.command()
 @click.option("--port", type=int, default=5555, show_default=True)
 @click.option(
     "--address",
     default="127.0.0.1",
     show_default=True,
-    help="interface to bind (0.0.0.0 exposes it to the network: set --basic-auth)",
+    help="interface to bind (0.0.0.0 exposes it to the network: set --basic-auth or --token)",
 )
 @click.option(
     "--basic-auth",
@@ -387,7 +391,28 @@ def events(ctx: click.Context, as_json: bool, duration: float | None) -> None:
     help="bearer token accepted instead (Authorization: Bearer <token>)",
 )
 @click.option(
-    "--max-tasks", type=int, default=10000, show_default=True, help="tasks kept in memory"
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="a Host name to answer besides localhost, 127.0.0.1, [::1] and --address "
+    "(repeatable; .example.com matches subdomains; default: the monitor_allowed_hosts setting)",
+)
+@click.option(
+    "--max-tasks",
+    type=click.IntRange(min=1),
+    help="tasks kept in memory, oldest dropped (default: monitor_max_tasks, 10000)",
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    help="workers kept in memory (default: monitor_max_workers, 5000)",
+)
+@click.option(
+    "--max-task-names",
+    type=click.IntRange(min=1),
+    help="task names kept as metric labels; others count as '(other)' "
+    "(default: monitor_max_task_names, 1000)",
 )
 @click.pass_context
 def monitor(
@@ -396,7 +421,10 @@ def monitor(
     address: str,
     basic_auth: str | None,
     token: str | None,
-    max_tasks: int,
+    allowed_hosts: tuple[str, ...],
+    max_tasks: int | None,
+    max_workers: int | None,
+    max_task_names: int | None,
 ) -> None:
     """Run the web dashboard (pip install 'polyq[monitor]')."""
     try:
@@ -407,15 +435,47 @@ def monitor(
         ) from None
     if basic_auth and ":" not in basic_auth:
         raise click.BadParameter("write it as user:password", param_hint="--basic-auth")
-    if address not in ("127.0.0.1", "localhost", "::1") and not (basic_auth or token):
-        click.echo(
-            f"warning: dashboard on {address} without --basic-auth or --token; anyone "
-            "who can reach it can revoke tasks and stop workers",
-            err=True,
-        )
     app = _app(ctx)
-    mon = _run(lambda: Monitor(app, basic_auth=basic_auth, token=token, max_tasks=max_tasks))
+    mon = _run(
+        lambda: Monitor(
+            app,
+            basic_auth=basic_auth,
+            token=token,
+            max_tasks=max_tasks,
+            max_workers=max_workers,
+            max_task_names=max_task_names,
+            allowed_hosts=allowed_hosts or None,
+        )
+    )
+    for warning in exposure_warnings(address, bool(basic_auth or token), mon.allowed_hosts):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"polyq monitor on http://{address}:{port}/ (broker {app.transport.describe()})", err=True
     )
     mon.serve(address, port)
+
+
+def exposure_warnings(address: str, authenticated: bool, allowed: tuple[str, ...]) -> list[str]:
+    """What to warn about before serving on ``address``: none on a loopback address."""
+    if address in LOOPBACK_ADDRESSES:
+        return []
+    out = []
+    if not authenticated:
+        out.append(
+            f"dashboard on {address} without --basic-auth or --token; anyone who can "
+            "reach it can revoke tasks and stop workers"
+        )
+    extra = [h for h in allowed if h not in LOOPBACK_ADDRESSES]
+    if "*" in allowed:
+        out.append(
+            "--allowed-host '*' answers any Host name: a DNS-rebinding page can reach "
+            "the dashboard unless a proxy in front checks the Host"
+        )
+    elif not extra:
+        wildcard = address in ("0.0.0.0", "::", "")
+        out.append(
+            "no --allowed-host: requests naming this machine by another name than "
+            + ("localhost" if wildcard else f"{address} or localhost")
+            + " get 400; add --allowed-host NAME for each name it is reached by"
+        )
+    return out

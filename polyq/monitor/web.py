@@ -18,12 +18,17 @@ Design
     progress meta) are read from the result backend when asked for.
 
 Security
-    Binds to 127.0.0.1 unless told otherwise. ``basic_auth="user:password"``
-    and/or ``token`` protect every route, ``/metrics`` included (Prometheus
-    can send either). Actions are POSTs that must carry JSON and an
-    ``X-Polyq-Action`` header, which a cross-site form cannot send (CSRF). Pages
-    send a strict Content-Security-Policy (no inline script) and the script
-    inserts text, never HTML. Broker and backend URLs appear only redacted.
+    Binds to 127.0.0.1 unless told otherwise, and answers only requests whose
+    ``Host`` header names a loopback name, the address it is bound to or one of
+    ``allowed_hosts`` (so a DNS-rebinding page cannot reach it).
+    ``basic_auth="user:password"`` and/or ``token`` protect every route,
+    ``/metrics`` included (Prometheus can send either). Actions are POSTs that
+    must carry JSON and an ``X-Polyq-Action`` header, which a cross-site form
+    cannot send (CSRF). Pages send a strict Content-Security-Policy (no inline
+    script) and the script inserts text, never HTML, and encodes every id it
+    puts in a URL. Query parameters and ids are checked (:mod:`.guards`).
+    Memory is bounded: see :class:`polyq.events.State`. Broker and backend URLs
+    appear only redacted.
 
 What a broker cannot report
     ``/api/capabilities`` tells the page: no broadcast means no events, no
@@ -33,30 +38,27 @@ What a broker cannot report
 
 from __future__ import annotations
 
-import base64
 import collections
-import hmac
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
-
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 from polyq import states
 from polyq.app import Polyq
-from polyq.control_args import ControlArgumentError
-from polyq.events import RUNTIME_BUCKETS, EventReceiver, State
+from polyq.events import EventReceiver, State
+from polyq.monitor.guards import LOOPBACK_HOSTS, normalize_hosts
+from polyq.monitor.routes import create_app
 from polyq.result import decode_record, meta_key
 
-__all__ = ["Monitor", "create_app"]
+__all__ = ["MAX_QUEUES", "Monitor", "create_app"]
 
 logger = logging.getLogger("polyq.monitor")
 
-ACTIONS = ("pool_grow", "pool_shrink", "shutdown")
+#: Queues sampled and kept at most (worker heartbeats name queues, and anyone who can
+#: publish events can send heartbeats).
+MAX_QUEUES = 256
 
 
 class Monitor:
@@ -68,14 +70,33 @@ class Monitor:
         *,
         basic_auth: str | None = None,
         token: str | None = None,
-        max_tasks: int = 10000,
+        max_tasks: int | None = None,
         sample_interval: float = 2.0,
         history: int = 900,
+        max_workers: int | None = None,
+        max_task_names: int | None = None,
+        allowed_hosts: Iterable[str] | None = None,
     ) -> None:
+        """``max_tasks``, ``max_workers``, ``max_task_names`` and ``allowed_hosts``
+        default to the settings ``monitor_max_tasks``... of ``app``; ``allowed_hosts``
+        adds Host names to the loopback ones (``*`` allows any)."""
+        conf = app.conf
         self.app = app
         self.basic_auth = basic_auth
         self.token = token
-        self.state = State(max_tasks=max_tasks, history=history)
+        extra = conf.monitor_allowed_hosts if allowed_hosts is None else allowed_hosts
+        if isinstance(extra, str):
+            extra = [extra]
+        #: Host names (of the ``Host`` header) this dashboard answers.
+        self.allowed_hosts = normalize_hosts([*LOOPBACK_HOSTS, *extra])
+        self.state = State(
+            max_tasks=conf.monitor_max_tasks if max_tasks is None else max_tasks,
+            history=history,
+            max_workers=conf.monitor_max_workers if max_workers is None else max_workers,
+            max_task_names=(
+                conf.monitor_max_task_names if max_task_names is None else max_task_names
+            ),
+        )
         self.sample_interval = sample_interval
         self.history = history
         #: queue -> deque of (unix time, depth)
@@ -117,21 +138,31 @@ class Monitor:
                     logger.exception("cannot resubscribe to events")
 
     def queue_names(self) -> list[str]:
-        """Queues worth showing: the broker's, the default one, and those workers consume."""
-        names = {self.app.conf.task_default_queue}
+        """Queues worth showing: the default one, the broker's, and those workers
+        consume, in that order of preference, at most ``MAX_QUEUES``."""
+        names = {self.app.conf.task_default_queue: None}
         try:
-            names.update(self.app.transport.queues())
+            names.update(dict.fromkeys(self.app.transport.queues()))
         except Exception:
             logger.debug("listing queues failed", exc_info=True)
         with self.state.lock:
-            for w in self.state.workers.values():
-                names.update(w.queues)
-        return sorted(names)
+            for w in reversed(self.state.workers.values()):  # heard from last first
+                if len(names) >= MAX_QUEUES:
+                    break
+                names.update(dict.fromkeys(w.queues))
+        return sorted(list(names)[:MAX_QUEUES])
 
     def sample_queues(self) -> None:
-        """Record each queue's depth now."""
+        """Record each queue's depth now (forgetting queues no longer listed once
+        ``MAX_QUEUES`` series are kept)."""
         now = time.time()
-        for name in self.queue_names():
+        names = self.queue_names()
+        with self._depth_lock:
+            if len(self.depths) > MAX_QUEUES:
+                listed = set(names)
+                for gone in [n for n in self.depths if n not in listed]:
+                    del self.depths[gone]
+        for name in names:
             try:
                 depth = self.app.transport.size(name)
             except Exception:
@@ -157,10 +188,17 @@ class Monitor:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def allow_bind_address(self, address: str) -> None:
+        """Answer requests naming ``address``, the one served (a specific one: the
+        wildcards 0.0.0.0 and :: name no host)."""
+        if address not in ("0.0.0.0", "::", ""):
+            self.allowed_hosts = normalize_hosts([*self.allowed_hosts, address])
+
     def serve(self, host: str = "127.0.0.1", port: int = 5555) -> None:
         """Start the threads and serve HTTP until interrupted (Werkzeug's threaded server)."""
         from werkzeug.serving import make_server
 
+        self.allow_bind_address(host)
         self.start()
         server = make_server(host, port, self.flask, threaded=True)
         try:
@@ -202,6 +240,11 @@ class Monitor:
                     }
                 )
         return out
+
+    def latest_depths(self) -> dict[str, int]:
+        """Each queue's latest depth (no series: what ``/metrics`` reads)."""
+        with self._depth_lock:
+            return {name: series[-1][1] for name, series in self.depths.items() if series}
 
     def backend_records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Result-backend records (state, result, traceback, meta) of ``ids``."""
@@ -269,16 +312,15 @@ class Monitor:
 
     def overview(self) -> dict[str, Any]:
         """Counts for the front page."""
-        workers = self.state.worker_list()
-        by_state: collections.Counter[str] = collections.Counter()
         with self.state.lock:
-            for t in self.state.tasks.values():
-                by_state[t.state] += 1
+            # Kept up to date as events arrive: no task is read here.
+            by_state = {s: n for s, n in self.state.task_states.items() if n > 0}
             events = self.state.event_count
+            workers = list(self.state.workers.values())
         return {
-            "workers_online": sum(1 for w in workers if w["alive"]),
+            "workers_online": sum(1 for w in workers if w.alive),
             "workers": len(workers),
-            "tasks_by_state": dict(by_state),
+            "tasks_by_state": by_state,
             "events": events,
             "capabilities": self.capabilities(),
         }
@@ -292,239 +334,3 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return repr(value)
-
-
-class _Metrics(Collector):
-    """Prometheus view of a :class:`Monitor`, computed at scrape time."""
-
-    def __init__(self, monitor: Monitor) -> None:
-        self.monitor = monitor
-
-    def collect(self) -> Any:
-        state = self.monitor.state
-        tasks = CounterMetricFamily(
-            "polyq_tasks", "Task events seen, by task name and state", labels=["name", "state"]
-        )
-        runtime = HistogramMetricFamily(
-            "polyq_task_runtime_seconds", "Task run time, by task name", labels=["name"]
-        )
-        with state.lock:
-            counts = sorted(state.counts.items())
-            histos = {n: (list(b), state.runtime_sum[n]) for n, b in state.runtime_buckets.items()}
-            workers = list(state.workers.values())
-            events = state.event_count
-        for (name, task_state), count in counts:
-            tasks.add_metric([name, task_state], count)
-        yield tasks
-        for name, (buckets, total) in sorted(histos.items()):
-            pairs = [(str(b), buckets[i]) for i, b in enumerate(RUNTIME_BUCKETS)]
-            pairs.append(("+Inf", buckets[-1]))
-            runtime.add_metric([name], pairs, total)
-        yield runtime
-        depth = GaugeMetricFamily("polyq_queue_depth", "Messages in the queue", labels=["queue"])
-        for queue in self.monitor.queues():
-            if queue["depth"] is not None:
-                depth.add_metric([queue["name"]], queue["depth"])
-        yield depth
-        yield GaugeMetricFamily(
-            "polyq_workers_online",
-            "Workers heard from recently",
-            value=sum(1 for w in workers if w.alive),
-        )
-        active = GaugeMetricFamily(
-            "polyq_worker_active_tasks", "Tasks running on the worker", labels=["worker"]
-        )
-        processed = CounterMetricFamily(
-            "polyq_worker_processed", "Tasks the worker finished", labels=["worker"]
-        )
-        for w in workers:
-            if w.alive:
-                active.add_metric([w.hostname], w.active)
-                processed.add_metric([w.hostname], w.processed)
-        yield active
-        yield processed
-        yield CounterMetricFamily("polyq_monitor_events", "Events received", value=events)
-
-
-def create_app(monitor: Monitor) -> Flask:
-    """The Flask application of ``monitor``."""
-    flask = Flask(__name__)
-    flask.config["JSON_SORT_KEYS"] = False
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Metrics(monitor))
-    expected_basic = (
-        "Basic " + base64.b64encode(monitor.basic_auth.encode()).decode()
-        if monitor.basic_auth
-        else None
-    )
-
-    @flask.before_request
-    def authenticate() -> Any:
-        if not (expected_basic or monitor.token):
-            return None
-        given = request.headers.get("Authorization", "")
-        if expected_basic and hmac.compare_digest(given.encode(), expected_basic.encode()):
-            return None
-        if monitor.token and hmac.compare_digest(
-            given.encode(), f"Bearer {monitor.token}".encode()
-        ):
-            return None
-        return Response(
-            "authentication required\n",
-            401,
-            {"WWW-Authenticate": 'Basic realm="polyq monitor", charset="UTF-8"'},
-        )
-
-    @flask.after_request
-    def secure(response: Response) -> Response:
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
-        )
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
-    def page(name: str, **context: Any) -> str:
-        return render_template(
-            f"{name}.html",
-            page=name,
-            broker=monitor.app.transport.describe(),
-            title=monitor.app.main or "polyq",
-            **context,
-        )
-
-    # -- pages -----------------------------------------------------------------------
-
-    @flask.get("/")
-    def index() -> str:
-        return page("overview")
-
-    @flask.get("/workers")
-    def workers_page() -> str:
-        return page("workers")
-
-    @flask.get("/tasks")
-    def tasks_page() -> str:
-        return page("tasks")
-
-    @flask.get("/tasks/<task_id>")
-    def task_page(task_id: str) -> str:
-        return page("task", task_id=task_id)
-
-    @flask.get("/queues")
-    def queues_page() -> str:
-        return page("queues")
-
-    # -- JSON API --------------------------------------------------------------------
-
-    @flask.get("/api/overview")
-    def api_overview() -> Response:
-        return jsonify(monitor.overview())
-
-    @flask.get("/api/capabilities")
-    def api_capabilities() -> Response:
-        return jsonify(monitor.capabilities())
-
-    @flask.get("/api/workers")
-    def api_workers() -> Response:
-        workers = monitor.state.worker_list()
-        running = monitor.state.task_list(state="STARTED", limit=1000)
-        for w in workers:
-            w["active_tasks"] = [t for t in running if t["worker"] == w["hostname"]]
-        return jsonify(workers)
-
-    @flask.get("/api/tasks")
-    def api_tasks() -> Response:
-        args = request.args
-        return jsonify(
-            monitor.tasks(
-                state=args.get("state") or None,
-                name=args.get("name") or None,
-                worker=args.get("worker") or None,
-                search=args.get("search") or None,
-                limit=min(int(args.get("limit", 200)), 5000),
-            )
-        )
-
-    @flask.get("/api/task-names")
-    def api_task_names() -> Response:
-        return jsonify(monitor.state.task_names())
-
-    @flask.get("/api/tasks/<task_id>")
-    def api_task(task_id: str) -> Response:
-        detail = monitor.task_detail(task_id)
-        if detail is None:
-            abort(404)
-        return jsonify(detail)
-
-    @flask.get("/api/queues")
-    def api_queues() -> Response:
-        return jsonify(monitor.queues())
-
-    @flask.get("/api/throughput")
-    def api_throughput() -> Response:
-        seconds = min(int(request.args.get("seconds", 300)), monitor.history)
-        step = max(1, int(request.args.get("step", 5)))
-        return jsonify(monitor.state.series(seconds, step))
-
-    def _action_body() -> dict[str, Any]:
-        # A cross-site form cannot set this header nor send JSON without CORS consent.
-        if request.headers.get("X-Polyq-Action") != "1" or not request.is_json:
-            abort(400, "actions need JSON and the X-Polyq-Action: 1 header")
-        body = request.get_json(silent=True)
-        return body if isinstance(body, dict) else {}
-
-    @flask.errorhandler(ControlArgumentError)
-    def bad_control_argument(exc: ControlArgumentError) -> tuple[Response, int]:
-        # The control client refused the action's arguments before sending anything.
-        return jsonify({"error": str(exc)}), 400
-
-    @flask.post("/api/tasks/<task_id>/revoke")
-    def api_revoke(task_id: str) -> Response:
-        body = _action_body()
-        terminate = bool(body.get("terminate"))
-        monitor.app.control.revoke(task_id, terminate=terminate)
-        return jsonify({"ok": f"revoked {task_id}", "terminate": terminate})
-
-    @flask.post("/api/rate_limit")
-    def api_rate_limit() -> Response:
-        body = _action_body()
-        name = str(body.get("task_name") or "")
-        if not name:
-            abort(400, "task_name is required")
-        rate = body.get("rate_limit") or None
-        # Every live worker by name, so the call returns as soon as all answered.
-        alive = [w["hostname"] for w in monitor.state.worker_list() if w["alive"]]
-        replies = monitor.app.control.rate_limit(
-            name, rate, destination=body.get("destination") or alive or None, timeout=3.0
-        )
-        return jsonify({"replies": replies})
-
-    @flask.post("/api/workers/<hostname>/<action>")
-    def api_worker_action(hostname: str, action: str) -> Response:
-        if action not in ACTIONS:
-            abort(404)
-        body = _action_body()
-        control = monitor.app.control
-        if action == "shutdown":
-            replies = control.shutdown(destination=[hostname], timeout=3.0)
-        else:
-            replies = getattr(control, action)(
-                int(body.get("n") or 1), destination=[hostname], timeout=3.0
-            )
-        return jsonify({"replies": replies})
-
-    @flask.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
-
-    @flask.get("/healthz")
-    def healthz() -> Response:
-        return Response("ok\n", mimetype="text/plain")
-
-    @flask.get("/favicon.ico")
-    def favicon() -> Any:
-        return redirect("/static/favicon.svg")
-
-    return flask

@@ -1,6 +1,9 @@
 // polyq monitor: draws the tables and charts of each page from the JSON API,
 // refreshing every 1.5 s. Text is always inserted as text (never as HTML):
-// task arguments come from users and could hold markup.
+// task arguments come from users and could hold markup. Ids (task ids, worker
+// names) come from users too: one only enters a URL through segment(), which
+// encodes it, and a task is revoked with its id in the request body, never in
+// the URL (an id such as "../workers/w1/shutdown?x=" must not become a path).
 "use strict";
 
 const REFRESH_MS = 1500;
@@ -19,6 +22,29 @@ function el(tag, props, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+// An id the server accepts in a URL path (guards.path_id): no path separator,
+// query or fragment, and not "." or "..", which a browser resolves as a step
+// even when percent-encoded.
+function pathSafe(id) {
+  return typeof id === "string" && id !== "" && id !== "." && id !== ".." && !/[\/\\?#]/.test(id);
+}
+
+// One URL path segment holding `id`, encoded.
+function segment(id) {
+  if (!pathSafe(id)) throw new Error(`cannot put ${JSON.stringify(id)} in a URL path`);
+  return encodeURIComponent(id);
+}
+
+// A link to a task's page, or its id as plain text when no URL can name it.
+function taskLink(id, text) {
+  return pathSafe(id) ? el("a", { href: `/tasks/${segment(id)}` }, text)
+    : el("span", { title: "this id cannot appear in a URL" }, text);
+}
+
+function revoke(id, terminate, question) {
+  return act("/api/revoke", { task_id: id, terminate: !!terminate }, question);
 }
 
 async function api(path) {
@@ -55,7 +81,7 @@ async function act(path, body, question) {
     body: JSON.stringify(body || {}),
   });
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) { toast(`failed: HTTP ${response.status}`); return null; }
+  if (!response.ok) { toast(`failed: ${data.error || `HTTP ${response.status}`}`); return null; }
   const replies = (data.replies || []).map((r) => Object.entries(r).map(([h, v]) =>
     `${h}: ${v && (v.ok || v.error) || JSON.stringify(v)}`).join("")).join("; ");
   toast(data.ok || replies || "no worker replied");
@@ -163,17 +189,17 @@ const pages = {
       el("td", {}, (w.loadavg || []).join(" ")),
       el("td", {}, (w.queues || []).join(", ")),
       el("td", {}, ago(w.last_heartbeat)),
-      el("td", {}, w.alive ? [
-        el("button", { class: "grow", onclick: () => act(`/api/workers/${encodeURIComponent(w.hostname)}/pool_grow`, { n: 1 }, `Add one pool slot to ${w.hostname}?`) }, "+1"),
+      el("td", {}, w.alive && pathSafe(w.hostname) ? [
+        el("button", { class: "grow", onclick: () => act(`/api/workers/${segment(w.hostname)}/pool_grow`, { n: 1 }, `Add one pool slot to ${w.hostname}?`) }, "+1"),
         " ",
-        el("button", { class: "shrink", onclick: () => act(`/api/workers/${encodeURIComponent(w.hostname)}/pool_shrink`, { n: 1 }, `Remove one pool slot from ${w.hostname}?`) }, "−1"),
+        el("button", { class: "shrink", onclick: () => act(`/api/workers/${segment(w.hostname)}/pool_shrink`, { n: 1 }, `Remove one pool slot from ${w.hostname}?`) }, "−1"),
         " ",
-        el("button", { class: "danger shutdown", onclick: () => act(`/api/workers/${encodeURIComponent(w.hostname)}/shutdown`, {}, `Shut down ${w.hostname}? Running tasks finish first.`) }, "Shut down"),
+        el("button", { class: "danger shutdown", onclick: () => act(`/api/workers/${segment(w.hostname)}/shutdown`, {}, `Shut down ${w.hostname}? Running tasks finish first.`) }, "Shut down"),
       ] : "")));
     fill(document.querySelector("#workers tbody"), rows, "No worker seen yet (workers send heartbeats with -E).");
     const active = workers.flatMap((w) => w.active_tasks.map((t) => el("tr", {},
       el("td", { class: "mono" }, w.hostname), el("td", {}, t.name || ""),
-      el("td", { class: "mono" }, el("a", { href: `/tasks/${t.uuid}` }, t.uuid)),
+      el("td", { class: "mono" }, taskLink(t.uuid, t.uuid)),
       el("td", { class: "mono args" }, t.args || ""), el("td", {}, when(t.started)))));
     fill(document.querySelector("#active tbody"), active, "Nothing running.");
   },
@@ -201,7 +227,7 @@ const pages = {
     syncOptions(form.elements.worker, workers.map((w) => w.hostname), true);
     syncOptions(document.getElementById("ratelimit").elements.task_name, names, false);
     const rows = tasks.map((t) => el("tr", { dataset: { id: t.uuid } },
-      el("td", { class: "mono" }, el("a", { href: `/tasks/${t.uuid}` }, t.uuid.slice(0, 8))),
+      el("td", { class: "mono" }, taskLink(t.uuid, t.uuid.slice(0, 8))),
       el("td", {}, t.name || ""),
       el("td", {}, badge(t.state)),
       el("td", { class: "mono args", title: t.args || "" }, t.args || ""),
@@ -213,7 +239,7 @@ const pages = {
       el("td", { class: "mono" }, t.progress ? JSON.stringify(t.progress) : ""),
       el("td", {}, FINAL.has(t.state) ? "" : el("button", {
         class: "danger revoke",
-        onclick: () => act(`/api/tasks/${t.uuid}/revoke`, {}, `Revoke ${t.name} ${t.uuid}? It will not run.`),
+        onclick: () => revoke(t.uuid, false, `Revoke ${t.name} ${t.uuid}? It will not run.`),
       }, "Revoke"))));
     fill(document.querySelector("#tasks tbody"), rows, "No task seen yet (workers send task events with -E).");
   },
@@ -221,7 +247,7 @@ const pages = {
   async task() {
     const id = document.body.dataset.taskId;
     let t;
-    try { t = await api(`/api/tasks/${encodeURIComponent(id)}`); } catch (e) {
+    try { t = await api(`/api/tasks/${segment(id)}`); } catch (e) {
       document.querySelector("#task tbody").replaceChildren(el("tr", {}, el("td", {}, "Unknown task (not seen by this monitor nor in the result backend).")));
       return;
     }
@@ -240,8 +266,8 @@ const pages = {
     if (!FINAL.has(t.state) && !actions.dataset.ready) {
       actions.dataset.ready = "1";
       actions.replaceChildren(
-        el("button", { class: "danger revoke", onclick: () => act(`/api/tasks/${id}/revoke`, {}, `Revoke ${id}?`) }, "Revoke"), " ",
-        el("button", { class: "danger terminate", onclick: () => act(`/api/tasks/${id}/revoke`, { terminate: true }, `Revoke ${id} and kill it if running (prefork pool)?`) }, "Revoke and terminate"));
+        el("button", { class: "danger revoke", onclick: () => revoke(id, false, `Revoke ${id}?`) }, "Revoke"), " ",
+        el("button", { class: "danger terminate", onclick: () => revoke(id, true, `Revoke ${id} and kill it if running (prefork pool)?`) }, "Revoke and terminate"));
     } else if (FINAL.has(t.state)) actions.replaceChildren();
   },
 

@@ -7,6 +7,9 @@ driven by Selenium) against real worker processes on a real broker (SQLite).
    behind a blocker, and it stays revoked after the worker restarts: the task
    is still in the broker when the worker is replaced, so only the durable
    revoke can stop it.
+3. Revoke clicked on a task whose id is ``../workers/<name>/shutdown?x=``
+   revokes that id and shuts no worker down (the old page put the id unencoded
+   in the request URL, which the browser resolved to the worker's shutdown).
 
 Screenshots go to $POLYQ_ARTIFACTS/monitor (default ./artifacts/monitor).
 """
@@ -181,6 +184,47 @@ def test_revoke_from_the_page_survives_a_worker_restart(
         assert follow.get(timeout=15) == 4  # the new worker runs other tasks normally
         assert queued.state == states.REVOKED
         driver.save_screenshot(str(artifacts / "revoked.png"))
+    finally:
+        stop_sent()
+        worker.stop()
+
+
+def test_revoke_of_a_hostile_id_revokes_it_and_shuts_no_worker_down(
+    driver: Any, dashboard: tuple[str, str], artifacts: Path
+) -> None:
+    url, base = dashboard
+    app = monapp.app
+    worker = start_worker(url, "-n", "victim@%h", "-P", "threads", "-c", "1", "-E")
+    hostname = f"victim@{HOST}"
+    hostile = f"../workers/{hostname}/shutdown?x="
+    stop_sent = enable_sent_events(app)  # so the page lists the task waiting in the broker
+    try:
+        # A task id is the caller's choice (say, taken from a web form).
+        monapp.add.apply_async((1, 1), task_id=hostile, countdown=300)
+        driver.get(f"{base}/tasks")
+        button = f'#tasks tr[data-id="{hostile}"] button.revoke'
+        wait_for(lambda: row_state(driver, hostile) == "PENDING", what="the hostile task listed")
+        wait_for(
+            lambda: driver.find_element("css selector", button).click() or True,
+            what="clicking Revoke",
+        )
+        wait_for(lambda: driver.find_element("id", "confirm").is_displayed(), what="the dialog")
+        driver.find_element("id", "confirm-ok").click()
+        wait_for(lambda: hostile in app.control.revoked(), what="the hostile id revoked")
+        driver.save_screenshot(str(artifacts / "revoke-hostile-id.png"))
+        # The worker was not told to shut down: it still runs and answers.
+        time.sleep(1.0)
+        assert worker.proc.poll() is None, "the worker exited"
+        replies = app.control.ping(destination=[hostname], timeout=2.0)
+        assert [hostname] == [h for r in replies for h in r], replies
+
+        # No URL can name it, so its id shows as text, not as a link (the table is
+        # redrawn every 1.5 s: each try finds the cell afresh).
+        def shown_as_text() -> bool:
+            cell = driver.find_element("css selector", f'#tasks tr[data-id="{hostile}"] td')
+            return bool(cell.text) and not cell.find_elements("css selector", "a")
+
+        wait_for(shown_as_text, what="the id shown as text")
     finally:
         stop_sent()
         worker.stop()
