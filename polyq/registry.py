@@ -57,6 +57,12 @@ def _entry_points(group: str) -> dict[str, EntryPoint]:
     return {ep.name.lower(): ep for ep in entry_points(group=group)}
 
 
+def refresh() -> None:
+    """Forget the entry points read so far, so plugins installed (or put on
+    ``sys.path``) since are found; they are read once per process otherwise."""
+    _entry_points.cache_clear()
+
+
 def installed_schemes(group: str) -> list[str]:
     """The schemes that plugins registered in ``group``."""
     return sorted(_entry_points(group))
@@ -131,4 +137,4 @@ def create_backend(url: str, **options: Any) -> ResultBackend:
     return instance
 
 
-__all__ += ["installed_schemes", "redact"]
+__all__ += ["installed_schemes", "redact", "refresh"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from polyq import registry
 from polyq.testing.conformance.e2e import SmokeSuite
 from polyq.testing.worker import WorkerProcess
 
@@ -30,13 +31,18 @@ def _publish_log(broker_url: str) -> Path:
 
 @pytest.fixture(scope="class")
 def plugins_on_path() -> Iterator[None]:
+    # The registry reads entry points once per process: refreshed on the way in and
+    # out, so these test-only schemes never show in another test of the same worker
+    # (the generated capability page, for one).
     sys.path.insert(0, PLUGINS)
     importlib.invalidate_caches()
+    registry.refresh()
     try:
         yield
     finally:
         sys.path.remove(PLUGINS)
         importlib.invalidate_caches()
+        registry.refresh()
 
 
 @pytest.fixture(scope="class")
