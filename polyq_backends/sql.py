@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from polyq.backend import BackendCapabilities, ResultBackend
+from polyq.backend import BackendCapabilities, ResultBackend, final_mark
 from polyq.exceptions import BrokerError, ConfigurationError
 from polyq_clients.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
 
@@ -238,6 +238,10 @@ class SQLResultBackend(ResultBackend):
             self._add_result_sql = self._sql(
                 f"INSERT IGNORE INTO {r} (name, value, expires_at) VALUES (?, ?, ?)"
             )
+            self._open_result_sql = self._sql(
+                f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) "
+                "ON DUPLICATE KEY UPDATE name = name"
+            )
             # ON DUPLICATE KEY UPDATE (not INSERT IGNORE) takes the row's exclusive lock at
             # once: two adders upgrading a shared lock would deadlock.
             self._open_set_sql = self._sql(
@@ -253,6 +257,7 @@ class SQLResultBackend(ResultBackend):
             self._add_result_sql = self._sql(
                 f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
             )
+            self._open_result_sql = self._add_result_sql
             self._open_set_sql = self._sql(
                 f"INSERT INTO {s} (name, size, expires_at) VALUES (?, 0, NULL) "
                 "ON CONFLICT DO NOTHING"
@@ -355,6 +360,42 @@ class SQLResultBackend(ResultBackend):
             return stored
 
         return bool(self._retrying("storing a result if absent", work))
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        """Store a state unless the key's final mark (a row under :func:`final_mark`,
+        with the state's expiry) is live. One transaction holding the state's row
+        lock (``FOR UPDATE``, or the uncommitted insert; SQLite: the write lock)
+        while it reads the mark and writes: every writer of the key takes that lock
+        first, so no final state can slip in between the check and the write."""
+        self._check_key(final_mark(key))
+        mark = final_mark(key)
+
+        def work(cursor: Any) -> bool:
+            now = time.time()
+            expires_at = None if ttl is None else now + ttl
+            for _ in range(100):
+                cursor.execute(self._lock_result_sql, (key,))
+                if cursor.fetchone() is not None:
+                    break
+                # No row to lock: insert one, and lock it on the next turn. A
+                # concurrent insert of the key makes this a no-op (MySQL: a no-op
+                # taking the row's exclusive lock at once, as two shared locks
+                # upgraded by FOR UPDATE would deadlock).
+                cursor.execute(self._open_result_sql, (key, bytes(value), expires_at))
+            else:
+                raise BrokerError(f"could not lock the result row {key!r}: it keeps vanishing")
+            cursor.execute(self._get_sql, (mark, now))
+            if cursor.fetchone() is not None:
+                # (Had the state row been deleted without its mark, which forget()
+                # never does, the row inserted above would stay, blocked by the mark.)
+                return False
+            cursor.execute(self._update_result_sql, (bytes(value), expires_at, key))
+            if final:
+                cursor.execute(self._set_sql, (mark, b"1", expires_at))
+            self._notify(cursor, [key])
+            return True
+
+        return bool(self._retrying("storing a task state", work))
 
     def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
         """Add ``member`` to the set ``key``; return the set's size afterwards."""
