@@ -1,7 +1,9 @@
 """The result-store contract: what every result backend plugin promises the core.
 
 A result backend is a small key-value store with expiry, plus two atomic
-primitives the core builds chords, locks and idempotency on. It stores opaque
+primitives the core builds chords, locks and idempotency on, and a third,
+:meth:`ResultBackend.set_state`, that keeps a task's final state from going
+backwards (with a default built on the second). It stores opaque
 ``bytes``; the core owns the record format (states, results, tracebacks, meta:
 :mod:`polyq.result`). Every point below is checked by the conformance suite.
 

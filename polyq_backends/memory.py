@@ -11,6 +11,8 @@ Design
     both: ``set`` notifies it, so :meth:`MemoryResultBackend.wait` sleeps until a
     write instead of polling. Expired entries are ignored by every read and deleted
     lazily on the next write to the key, or all at once by ``cleanup``.
+    ``set_state`` keeps a final state's mark as a value of its own under
+    :func:`~polyq.backend.final_mark`, checked and written under the same lock.
 
     The stores live in a module-level registry by name. That is deliberate: the
     store *is* the result server, so it outlives each backend instance, as a Redis
