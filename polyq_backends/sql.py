@@ -362,34 +362,34 @@ class SQLResultBackend(ResultBackend):
         return bool(self._retrying("storing a result if absent", work))
 
     def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
-        """Store a state unless the key's final mark (a row under :func:`final_mark`,
-        with the state's expiry) is live. One transaction holding the state's row
-        lock (``FOR UPDATE``, or the uncommitted insert; SQLite: the write lock)
-        while it reads the mark and writes: every writer of the key takes that lock
-        first, so no final state can slip in between the check and the write."""
-        self._check_key(final_mark(key))
+        """Store a state unless the final mark (a row under :func:`final_mark`) is
+        live, holding the state row's lock while reading the mark and writing
+        (``docs/design/sql.md``)."""
         mark = final_mark(key)
+        self._check_key(mark)
 
         def work(cursor: Any) -> bool:
             now = time.time()
             expires_at = None if ttl is None else now + ttl
+            inserted = False
             for _ in range(100):
                 cursor.execute(self._lock_result_sql, (key,))
                 if cursor.fetchone() is not None:
                     break
-                # No row to lock: insert one, and lock it on the next turn. A
-                # concurrent insert of the key makes this a no-op (MySQL: a no-op
-                # taking the row's exclusive lock at once, as two shared locks
-                # upgraded by FOR UPDATE would deadlock).
+                # No row to lock: insert ours (locked until commit), or lock a
+                # concurrent one on the next turn. MySQL's insert takes the lock
+                # even as a no-op, and its row count cannot tell which it was.
                 cursor.execute(self._open_result_sql, (key, bytes(value), expires_at))
+                if cursor.rowcount == 1 and not self._is_mysql:
+                    inserted = True
+                    break
             else:
                 raise BrokerError(f"could not lock the result row {key!r}: it keeps vanishing")
             cursor.execute(self._get_sql, (mark, now))
             if cursor.fetchone() is not None:
-                # (Had the state row been deleted without its mark, which forget()
-                # never does, the row inserted above would stay, blocked by the mark.)
-                return False
-            cursor.execute(self._update_result_sql, (bytes(value), expires_at, key))
+                return False  # (a row inserted above stays only if deleted sans mark)
+            if not inserted:
+                cursor.execute(self._update_result_sql, (bytes(value), expires_at, key))
             if final:
                 cursor.execute(self._set_sql, (mark, b"1", expires_at))
             self._notify(cursor, [key])
