@@ -1,7 +1,9 @@
 """The result-store contract: what every result backend plugin promises the core.
 
 A result backend is a small key-value store with expiry, plus two atomic
-primitives the core builds chords, locks and idempotency on. It stores opaque
+primitives the core builds chords, locks and idempotency on, and a third,
+:meth:`ResultBackend.set_state`, that keeps a task's final state from going
+backwards (with a default built on the second). It stores opaque
 ``bytes``; the core owns the record format (states, results, tracebacks, meta:
 :mod:`polyq.result`). Every point below is checked by the conformance suite.
 
@@ -19,7 +21,20 @@ from typing import Any, ClassVar
 
 from polyq.capabilities import BackendCapabilities
 
-__all__ = ["BackendCapabilities", "ResultBackend"]
+__all__ = ["FINAL_MARK_SUFFIX", "BackendCapabilities", "ResultBackend", "final_mark"]
+
+#: Appended to a key to name its final mark (see :func:`final_mark`).
+FINAL_MARK_SUFFIX = "\x1ffinal"
+
+
+def final_mark(key: str) -> str:
+    """The key under which a store may record that ``key`` holds a final state.
+
+    :meth:`ResultBackend.set_state`'s default keeps the final value there; the memory
+    and Redis backends keep a flag there. Whoever deletes a state deletes its mark
+    too (``AsyncResult.forget`` does), so a forgotten task id can be used again.
+    The separator (ASCII unit separator) keeps it apart from any task id."""
+    return key + FINAL_MARK_SUFFIX
 
 
 class ResultBackend(abc.ABC):
@@ -61,6 +76,48 @@ class ResultBackend(abc.ABC):
     def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (or expired); return whether
         this call stored it. Exactly one of many concurrent callers wins."""
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        """Store a task state under ``key`` unless a final one is already there;
+        return whether this call stored it.
+
+        ``final`` says whether ``value`` is a final state (``SUCCESS``, ``FAILURE``,
+        ``REVOKED``). Once a final state is stored under ``key``, every later
+        ``set_state`` on it stores nothing and returns ``False``, final or not, until
+        the key is deleted (with its :func:`final_mark`) or expires: a stale
+        ``RETRY`` or ``STARTED`` of a duplicate execution cannot hide the outcome,
+        and of two final states the first stored wins. Before that it is
+        :meth:`set` (it replaces non-final states and wakes every ``wait``).
+
+        Atomicity (what a plugin's override must guarantee): the check and the
+        write are one atomic step against every concurrent ``set_state`` on the key,
+        from any process; when a final write races any number of non-final ones,
+        the final state is what remains, and of racing final writes exactly one
+        returns ``True``. A key is written either with ``set_state`` or with
+        :meth:`set`, not both (the core writes task states only with this method).
+
+        The default, for stores that offer nothing better, is built on
+        :meth:`set_if_absent` (atomic: exactly one final write wins) and keeps the
+        final value a second time under :func:`final_mark`. A non-final write
+        checks the mark, writes, then checks again and puts the final value back
+        if a final write landed meanwhile: what stays stored is always the final
+        state, but a reader may for an instant see the stale state before it is
+        put back. Bundled stores override it with a single atomic step.
+        """
+        mark = final_mark(key)
+        if final:
+            if not self.set_if_absent(mark, value, ttl):
+                return False
+            self.set(key, value, ttl)
+            return True
+        if self.get(mark) is not None:
+            return False
+        self.set(key, value, ttl)
+        winner = self.get(mark)
+        if winner is None:
+            return True
+        self.set(key, winner, ttl)  # a final write raced this one: put it back
+        return False
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Values for the ``keys`` that are present (one round trip where possible)."""

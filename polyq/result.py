@@ -13,12 +13,14 @@ from __future__ import annotations
 import builtins
 import contextvars
 import datetime
+import logging
 import time
 import traceback as tb
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from polyq import exceptions, serialization, states
+from polyq.backend import final_mark
 from polyq.current import default_app
 from polyq.url import redact
 
@@ -35,7 +37,10 @@ __all__ = [
     "encode_record",
     "meta_key",
     "store_state",
+    "write_record",
 ]
+
+logger = logging.getLogger(__name__)
 
 META_PREFIX = "polyq-task-meta-"
 GROUP_PREFIX = "polyq-group-meta-"
@@ -281,7 +286,9 @@ class AsyncResult:
     def forget(self) -> None:
         """Delete the stored record."""
         self._cache = None
-        self.app.backend.delete([meta_key(self.id)])
+        key = meta_key(self.id)
+        # The final mark goes too, or the id could never store a state again.
+        self.app.backend.delete([key, final_mark(key)])
 
     def revoke(self, terminate: bool = False, signal: str = "SIGTERM") -> None:
         """Revoke the task: it will not run (durable across worker restarts)."""
@@ -443,10 +450,15 @@ def store_state(
     message: TaskMessage | None = None,
     hostname: str | None = None,
     extra: dict[str, Any] | None = None,
-) -> None:
-    """Write a task's record to the result backend (an exception's message and
-    traceback redacted unless ``result_redact_secrets`` is off: they often quote a
-    connection URL or DSN)."""
+) -> bool:
+    """Write a task's record to the result backend; return whether it was stored.
+
+    Final states never go backwards: once ``SUCCESS``, ``FAILURE`` or ``REVOKED``
+    is stored for ``task_id``, nothing more is (a late ``RETRY`` or ``STARTED`` of
+    a duplicate or stale execution, or a second final state: the first wins)
+    until the record is forgotten or expires (:meth:`ResultBackend.set_state`).
+    An exception's message and traceback are redacted unless
+    ``result_redact_secrets`` is off: they often quote a connection URL or DSN."""
     record: dict[str, Any] = {"status": state, "result": result, "task_id": task_id}
     if exc is not None:
         record.update(exception_fields(exc, redact_secrets=app.conf.result_redact_secrets))
@@ -465,8 +477,22 @@ def store_state(
             )
     if extra:
         record.update(extra)
+    return write_record(app, task_id, record)
+
+
+def write_record(app: Polyq, task_id: str, record: dict[str, Any]) -> bool:
+    """Store ``record`` as ``task_id``'s state unless a final one is already stored
+    (:meth:`ResultBackend.set_state`); return whether it was stored."""
+    state = record.get("status")
     data = encode_record(record, app.conf.result_serializer)
-    app.backend.set(meta_key(task_id), data, ttl=app.result_ttl)
+    stored = app.backend.set_state(
+        meta_key(task_id), data, app.result_ttl, final=state in states.READY_STATES
+    )
+    if not stored:
+        logger.info(
+            "task %s: state %s not stored, a final state was stored before it", task_id, state
+        )
+    return stored
 
 
 class EagerResult(AsyncResult):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from polyq import states
 from polyq.exceptions import MaxRetriesExceededError, Retry
 from polyq.request import Context, current_request
-from polyq.result import AsyncResult, encode_record, meta_key
+from polyq.result import AsyncResult, write_record
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -225,11 +225,8 @@ class Task:
         if task_id is None:
             raise ValueError("update_state() needs a task_id outside a running task")
         record = {"status": state or states.STARTED, "result": meta, "task_id": task_id, **kwargs}
-        self.app.backend.set(
-            meta_key(task_id),
-            encode_record(record, self.app.conf.result_serializer),
-            ttl=self.app.result_ttl,
-        )
+        # Not after a final state: a custom state (PROGRESS) cannot hide the outcome.
+        write_record(self.app, task_id, record)
 
     # -- hooks (override in a base class) ---------------------------------------
 

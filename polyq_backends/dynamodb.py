@@ -294,6 +294,35 @@ class DynamoDBResultBackend(ResultBackend):
             return bool(old.get("w", {}).get("S") == token)
         return True
 
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        """A ``PutItem`` conditioned on the item not holding a live final state (the
+        item's ``f`` attribute, written with a final state): one atomic step."""
+        self._check_size(key, value)
+        now = time.time()
+        token = secrets.token_hex(8)
+        item = {"k": {"S": key}, "v": {"B": value}, "w": {"S": token}, **self._expiry(ttl, now)}
+        if final:
+            item["f"] = {"BOOL": True}
+        try:
+            self._call(
+                "put_item",
+                TableName=self.table,
+                Item=item,
+                # Absent, not final, or expired (an item without "e" never expires).
+                ConditionExpression="attribute_not_exists(#k) OR attribute_not_exists(#f) "
+                "OR (attribute_exists(#e) AND #e <= :now)",
+                ExpressionAttributeNames={"#k": "k", "#f": "f", "#e": "e"},
+                ExpressionAttributeValues={":now": _number(now)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            # A put whose reply was lost and was retried finds its own token: it won.
+            old: Any = exc.response.get("Item") or {}
+            return bool(old.get("w", {}).get("S") == token)
+        return True
+
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Values of the live ``keys`` (``BatchGetItem``, 100 per call, consistent)."""
         unique = list(dict.fromkeys(keys))

@@ -11,6 +11,8 @@ Design
     both: ``set`` notifies it, so :meth:`MemoryResultBackend.wait` sleeps until a
     write instead of polling. Expired entries are ignored by every read and deleted
     lazily on the next write to the key, or all at once by ``cleanup``.
+    ``set_state`` keeps a final state's mark as a value of its own under
+    :func:`~polyq.backend.final_mark`, checked and written under the same lock.
 
     The stores live in a module-level registry by name. That is deliberate: the
     store *is* the result server, so it outlives each backend instance, as a Redis
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-from polyq.backend import BackendCapabilities, ResultBackend
+from polyq.backend import BackendCapabilities, ResultBackend, final_mark
 
 __all__ = ["MemoryResultBackend", "MemoryStore"]
 
@@ -136,6 +138,20 @@ class MemoryResultBackend(ResultBackend):
             if self._store.live(self._store.values, key) is not None:
                 return False
             self._store.values[key] = (bytes(value), _expiry(ttl))
+            self._store.cond.notify_all()
+            return True
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        """Store a state unless a live final mark (kept under :func:`final_mark`, with
+        the state's expiry) is there; check and write under the store's one lock."""
+        mark = final_mark(key)
+        expires = _expiry(ttl)
+        with self._store.cond:
+            if self._store.live(self._store.values, mark) is not None:
+                return False
+            self._store.values[key] = (bytes(value), expires)
+            if final:
+                self._store.values[mark] = (b"1", expires)
             self._store.cond.notify_all()
             return True
 

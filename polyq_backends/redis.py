@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import redis
 
-from polyq.backend import BackendCapabilities, ResultBackend
+from polyq.backend import BackendCapabilities, ResultBackend, final_mark
 from polyq.url import query_options, redact
 from polyq_clients.redis import connect, translate_errors
 
@@ -32,6 +32,25 @@ _RECHECK = 2.0
 #: Values up to this size travel in the notification itself, saving the waiter a GET.
 _INLINE_MAX = 64 * 1024
 _WITH_VALUE, _WITHOUT_VALUE = b"\x01", b"\x00"
+
+
+#: ``set_state``: KEYS = value, final mark; ARGV = value, px ("" for none, "0" for
+#: already expired), "1" if final, channel, notification. Nothing once the mark is
+#: there; else the value (and for a final state the mark, with the same expiry)
+#: and the notification, in one atomic step.
+_SET_STATE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) return 1 end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  if ARGV[3] == '1' then redis.call('SET', KEYS[2], '1') end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if ARGV[3] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
 
 
 def _px(ttl: float) -> int:
@@ -158,6 +177,7 @@ class RedisResultBackend(ResultBackend):
         self._channels = f"{self.namespace}:{self.db}:result:"
         self._notifier: _Notifier | None = None
         self._notifier_lock = threading.Lock()
+        self._set_state = self._client.register_script(_SET_STATE)
 
     def _errors(self, what: str) -> translate_errors:
         return translate_errors(self.url, what)
@@ -227,6 +247,17 @@ class RedisResultBackend(ResultBackend):
             if stored:
                 self._client.publish(self._channels + key, self._notification(value, ttl))
         return bool(stored)
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        """One Lua script: nothing if the key's final mark (:func:`final_mark`, a flag
+        with the state's expiry) is there, else ``SET`` (+ the mark) and ``PUBLISH``."""
+        px = "" if ttl is None else "0" if ttl <= 0 else str(_px(ttl))
+        keys = [self._values + key, self._values + final_mark(key)]
+        flag = "1" if final else "0"
+        args: list[bytes | str] = [value, px, flag, self._channels + key]
+        args.append(self._notification(value, ttl))
+        with self._errors(f"store the state under result key {key!r}"):
+            return bool(self._set_state(keys=keys, args=args))
 
     @staticmethod
     def _notification(value: bytes, ttl: float | None) -> bytes:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from polyq.backend import BackendCapabilities, ResultBackend
+from polyq.backend import BackendCapabilities, ResultBackend, final_mark
 from polyq.exceptions import BrokerError, ConfigurationError
 from polyq_clients.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
 
@@ -238,6 +238,10 @@ class SQLResultBackend(ResultBackend):
             self._add_result_sql = self._sql(
                 f"INSERT IGNORE INTO {r} (name, value, expires_at) VALUES (?, ?, ?)"
             )
+            self._open_result_sql = self._sql(
+                f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) "
+                "ON DUPLICATE KEY UPDATE name = name"
+            )
             # ON DUPLICATE KEY UPDATE (not INSERT IGNORE) takes the row's exclusive lock at
             # once: two adders upgrading a shared lock would deadlock.
             self._open_set_sql = self._sql(
@@ -253,6 +257,7 @@ class SQLResultBackend(ResultBackend):
             self._add_result_sql = self._sql(
                 f"INSERT INTO {r} (name, value, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
             )
+            self._open_result_sql = self._add_result_sql
             self._open_set_sql = self._sql(
                 f"INSERT INTO {s} (name, size, expires_at) VALUES (?, 0, NULL) "
                 "ON CONFLICT DO NOTHING"
@@ -355,6 +360,42 @@ class SQLResultBackend(ResultBackend):
             return stored
 
         return bool(self._retrying("storing a result if absent", work))
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        """Store a state unless the final mark (a row under :func:`final_mark`) is
+        live, holding the state row's lock while reading the mark and writing
+        (``docs/design/sql.md``)."""
+        mark = final_mark(key)
+        self._check_key(mark)
+
+        def work(cursor: Any) -> bool:
+            now = time.time()
+            expires_at = None if ttl is None else now + ttl
+            inserted = False
+            for _ in range(100):
+                cursor.execute(self._lock_result_sql, (key,))
+                if cursor.fetchone() is not None:
+                    break
+                # No row to lock: insert ours (locked until commit), or lock a
+                # concurrent one on the next turn. MySQL's insert takes the lock
+                # even as a no-op, and its row count cannot tell which it was.
+                cursor.execute(self._open_result_sql, (key, bytes(value), expires_at))
+                if cursor.rowcount == 1 and not self._is_mysql:
+                    inserted = True
+                    break
+            else:
+                raise BrokerError(f"could not lock the result row {key!r}: it keeps vanishing")
+            cursor.execute(self._get_sql, (mark, now))
+            if cursor.fetchone() is not None:
+                return False  # (a row inserted above stays only if deleted sans mark)
+            if not inserted:
+                cursor.execute(self._update_result_sql, (bytes(value), expires_at, key))
+            if final:
+                cursor.execute(self._set_sql, (mark, b"1", expires_at))
+            self._notify(cursor, [key])
+            return True
+
+        return bool(self._retrying("storing a task state", work))
 
     def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
         """Add ``member`` to the set ``key``; return the set's size afterwards."""

@@ -90,6 +90,24 @@ def retry_twice(self: Task, path: str) -> int:
     return self.request.retries
 
 
+@app.task(bind=True, max_retries=2)
+def retry_then_fail(self: Task) -> None:
+    """Retry at once (``countdown=0``) until the retries run out, then fail."""
+    raise self.retry(exc=RuntimeError(f"attempt {self.request.retries}"), countdown=0)
+
+
+@app.task(bind=True, max_retries=2)
+def retry_late_then_fail(self: Task, pause: float) -> None:
+    """:func:`retry_then_fail`, but ``pause`` seconds pass between sending the retry
+    and storing ``RETRY`` (a child descheduled at that moment): the next attempts
+    run, and the last stores ``FAILURE``, before this run's ``RETRY`` is written."""
+    retry = self.retry(
+        exc=RuntimeError(f"attempt {self.request.retries}"), countdown=0, throw=False
+    )
+    time.sleep(pause)
+    raise retry
+
+
 @app.task(autoretry_for=(KeyError,), max_retries=1, retry_backoff=0.1, retry_jitter=False)
 def always_fails() -> None:
     """Raise a built-in exception (retried once automatically, then failed)."""

@@ -23,7 +23,7 @@ or run the packaged copy against any URL, without writing a test::
 
 from polyq.testing.conformance.backend import BackendSuite
 from polyq.testing.conformance.canvas import CanvasStressSuite, CanvasSuite
-from polyq.testing.conformance.e2e import CrashSuite, SmokeSuite
+from polyq.testing.conformance.e2e import CrashSuite, RetryStormSuite, SmokeSuite
 from polyq.testing.conformance.transport import TransportSuite
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "CanvasStressSuite",
     "CanvasSuite",
     "CrashSuite",
+    "RetryStormSuite",
     "SmokeSuite",
     "TransportSuite",
 ]

@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from polyq.backend import BackendCapabilities, ResultBackend
+from polyq.backend import BackendCapabilities, ResultBackend, final_mark
 from polyq.registry import create_backend
 
-__all__ = ["BackendSuite"]
+__all__ = ["BackendSuite", "FinalStateSuite"]
 
 
 def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
@@ -51,7 +51,120 @@ def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
-class BackendSuite:
+# -- final states never go backwards (ResultBackend.set_state) -------------------------
+
+#: Non-final states a stale or duplicate execution may write late.
+_STALE = (b"RETRY", b"STARTED", b"RECEIVED", b"PENDING", b"PROGRESS")
+
+
+class FinalStateSuite:
+    """``set_state``: once a final state is stored, no later write replaces it.
+
+    Part of :class:`BackendSuite` (it uses its ``connect``, ``backend`` and ``prefix``
+    fixtures); kept apart because it is one promise with its own race tests."""
+
+    #: Given by :class:`BackendSuite`.
+    short_ttl: ClassVar[float]
+    slack: ClassVar[float]
+    #: Rounds of the race tests (each a fresh key and a fresh set of threads).
+    race_rounds: ClassVar[int] = 20
+    #: Stale writes each racing thread makes per round.
+    stale_writes: ClassVar[int] = 5
+
+    def test_final_state_is_not_replaced_by_stale_states(
+        self, backend: ResultBackend, prefix: str
+    ) -> None:
+        key = prefix + "task"
+        assert backend.set_state(key, b"STARTED", final=False) is True
+        assert backend.set_state(key, b"PROGRESS", final=False) is True, (
+            "a custom state before the final one must be stored"
+        )
+        assert backend.get(key) == b"PROGRESS"
+        assert backend.set_state(key, b"FAILURE", final=True) is True
+        for stale in _STALE:
+            assert backend.set_state(key, stale, final=False) is False, (
+                f"set_state stored {stale!r} over a final state"
+            )
+            assert backend.get(key) == b"FAILURE", f"{stale!r} replaced the final state"
+
+    def test_first_final_state_wins(self, backend: ResultBackend, prefix: str) -> None:
+        key = prefix + "task"
+        assert backend.set_state(key, b"FAILURE", final=True) is True
+        assert backend.set_state(key, b"SUCCESS", final=True) is False
+        assert backend.get(key) == b"FAILURE", "a second final state replaced the first"
+
+    def test_set_state_wakes_wait(self, backend: ResultBackend, prefix: str) -> None:
+        key = prefix + "task"
+        timer = threading.Timer(0.2, backend.set_state, (key, b"SUCCESS"), {"final": True})
+        timer.start()
+        try:
+            assert backend.wait(key, 5.0 + self.slack) == b"SUCCESS"
+        finally:
+            timer.join()
+
+    def test_deleting_state_and_mark_frees_the_key(
+        self, backend: ResultBackend, prefix: str
+    ) -> None:
+        key = prefix + "task"
+        backend.set_state(key, b"SUCCESS", final=True)
+        backend.delete([key, final_mark(key)])  # what AsyncResult.forget deletes
+        assert backend.get(key) is None
+        assert backend.set_state(key, b"STARTED", final=False) is True
+        assert backend.set_state(key, b"FAILURE", final=True) is True
+        assert backend.get(key) == b"FAILURE"
+
+    def test_final_state_expires(self, backend: ResultBackend, prefix: str) -> None:
+        key = prefix + "task"
+        backend.set_state(key, b"SUCCESS", self.short_ttl, final=True)
+        assert backend.set_state(key, b"RETRY", self.short_ttl, final=False) is False
+        time.sleep(self.short_ttl + 0.2)
+        assert backend.get(key) is None
+        assert backend.set_state(key, b"STARTED", final=False) is True, (
+            "an expired final state still blocks writes"
+        )
+        assert backend.get(key) == b"STARTED"
+
+    def test_final_state_wins_race_with_stale_states(
+        self, connect: Callable[[], ResultBackend], prefix: str
+    ) -> None:
+        backends = [connect() for _ in range(2)]
+        for round_ in range(self.race_rounds):
+            key = f"{prefix}race-{round_}"
+            backends[0].set_state(key, b"STARTED", final=False)
+
+            def write(i: int, key: str = key) -> list[bool]:
+                b = backends[i % 2]
+                if i == 0:
+                    return [b.set_state(key, b"FAILURE", final=True)]
+                stale = _STALE[i % len(_STALE)]
+                return [b.set_state(key, stale, final=False) for _ in range(self.stale_writes)]
+
+            results = _in_threads(6, write)
+            assert results[0] == [True], f"round {round_}: the only final write was refused"
+            for b in backends:
+                found = b.get(key)
+                assert found == b"FAILURE", (
+                    f"round {round_}: {found!r} replaced the final state in a race"
+                )
+
+    def test_racing_final_states_have_one_winner(
+        self, connect: Callable[[], ResultBackend], prefix: str
+    ) -> None:
+        backends = [connect() for _ in range(2)]
+        for round_ in range(max(1, self.race_rounds // 4)):
+            key = f"{prefix}finals-{round_}"
+
+            def write(i: int, key: str = key) -> bool:
+                return backends[i % 2].set_state(key, f"FINAL-{i}".encode(), final=True)
+
+            wins = _in_threads(6, write)
+            assert wins.count(True) == 1, f"{wins.count(True)} of 6 racing final writes won"
+            assert backends[0].get(key) == f"FINAL-{wins.index(True)}".encode(), (
+                "the stored final state is not the winner's"
+            )
+
+
+class BackendSuite(FinalStateSuite):
     """Conformance tests for a result backend plugin; subclass it with a ``backend_url`` fixture."""
 
     #: A ttl short enough to wait out, long enough to read before it passes.

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from polyq.backend import final_mark
 from polyq.exceptions import MessageTooLarge
 from polyq.transport import (
     Capabilities,
@@ -140,3 +141,25 @@ class ServesExpired(MemoryResultBackend):
 
     def set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None = None) -> None:
         super().set_many(items)
+
+
+class OverwritesFinalStates(MemoryResultBackend):
+    """``set_state`` is a plain ``set``: a late RETRY hides the FAILURE (the old code)."""
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        self.set(key, value, ttl)
+        return True
+
+
+class ChecksThenWritesState(MemoryResultBackend):
+    """``set_state`` checks for a final state, then writes, in two steps: a final
+    state landing in between is overwritten, and racing final states all win."""
+
+    def set_state(self, key: str, value: bytes, ttl: float | None = None, *, final: bool) -> bool:
+        if self.get(final_mark(key)) is not None:
+            return False
+        time.sleep(0.001)  # the gap between a read and a write of a remote store
+        self.set(key, value, ttl)
+        if final:
+            self.set(final_mark(key), b"1", ttl)
+        return True

@@ -82,6 +82,25 @@ RUNS: dict[str, tuple[str, str | None, set[str]]] = {
         "ServesExpired",
         {"test_value_expires", "test_get_many_and_set_many", "test_keys_lists_live_keys_by_prefix"},
     ),
+    "overwrites-final-states": (
+        "BackendSuite",
+        "OverwritesFinalStates",
+        {
+            "test_final_state_is_not_replaced_by_stale_states",
+            "test_first_final_state_wins",
+            "test_final_state_expires",
+            "test_final_state_wins_race_with_stale_states",
+            "test_racing_final_states_have_one_winner",
+        },
+    ),
+    "checks-then-writes-state": (
+        "BackendSuite",
+        "ChecksThenWritesState",
+        {
+            "test_final_state_wins_race_with_stale_states",
+            "test_racing_final_states_have_one_winner",
+        },
+    ),
 }
 
 TEMPLATE = """
