@@ -19,6 +19,10 @@ Commands and replies
 
     Replies take the shape Celery's have: a list of ``{hostname: reply}``.
 
+Signing
+    With ``app.setup_security()`` a command is sent in the signed broadcast form of
+    :mod:`polyq.security.signing` and workers refuse any other (replies are not signed).
+
 Brokers without broadcast
     Revokes still work (workers re-read them from the backend every 2 s);
     commands and inspection raise :class:`~polyq.exceptions.ConfigurationError`.
@@ -34,6 +38,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from polyq.exceptions import ConfigurationError
+from polyq.security import KIND_CONTROL
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -139,6 +144,10 @@ class Control:
 
     def _send(self, command: str, arguments: dict[str, Any]) -> None:
         body = json.dumps({"command": command, "arguments": arguments}).encode()
+        security = self.app.security
+        if security is not None:
+            # Workers with signing on refuse unsigned commands (docs/security.md).
+            body = security.signer.sign_broadcast(KIND_CONTROL, body)
         self.app.transport.broadcast(CONTROL_CHANNEL, body)
 
     def _call(

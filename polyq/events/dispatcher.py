@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from polyq import signals
 from polyq.message import decode
+from polyq.security import KIND_EVENT, SIGNATURE_HEADER
+from polyq.serialization import AUTH_CONTENT_TYPE
 from polyq.transport import Delivery
 
 if TYPE_CHECKING:
@@ -68,8 +70,12 @@ def message_fields(delivery: Delivery, accept: frozenset[str]) -> dict[str, Any]
         "root_id": headers.get("root_id") or None,
         "parent_id": headers.get("parent_id") or None,
     }
+    content_type = headers.get("content-type")
+    if content_type == AUTH_CONTENT_TYPE:
+        # For display only (the pool verifies before running): the body's own type.
+        content_type = _signed_type(headers.get(SIGNATURE_HEADER))
     try:
-        if headers.get("content-type") == "application/json" and not headers.get("compression"):
+        if content_type == "application/json" and not headers.get("compression"):
             # The common case, without building a whole TaskMessage (a third of the cost).
             body = json.loads(delivery.body)
             args, kwargs = body.get("args", []), body.get("kwargs", {})
@@ -81,6 +87,14 @@ def message_fields(delivery: Delivery, accept: frozenset[str]) -> dict[str, Any]
     fields["args"] = _short_repr(args)
     fields["kwargs"] = _short_repr(kwargs)
     return fields
+
+
+def _signed_type(signature: str | None) -> str | None:
+    try:
+        found = json.loads(signature or "").get("type")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 class EventDispatcher:
@@ -193,6 +207,9 @@ class EventDispatcher:
             self._send_batch(events[:half], limit)
             self._send_batch(events[half:], limit)
             return
+        security = self.app.security
+        if security is not None:
+            data = security.signer.sign_broadcast(KIND_EVENT, data)
         try:
             self.app.transport.broadcast(EVENT_CHANNEL, data)
             self.sent += len(events)
