@@ -99,7 +99,7 @@ def load_private_key(path: str, password: str | bytes | None = None) -> PrivateK
             if secret is None
             else "security_key_password is set but the key is not encrypted; unset it"
         )
-        raise ConfigurationError(f"security_key {path!r}: {exc}; {hint}") from None
+        raise ConfigurationError(f"security_key {path!r}: {str(exc).rstrip('.')}; {hint}") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigurationError(
             f"security_key {path!r} is not a PEM private key polyq can use, or its password "
