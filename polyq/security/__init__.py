@@ -14,16 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from polyq.exceptions import ConfigurationError
-from polyq.security.keys import (
-    CertificateKey,
-    SharedKeys,
-    TrustedCertificates,
-    fingerprint,
-    load_cert_store,
-    load_certificate,
-    load_private_key,
-    load_shared_keys,
-)
+from polyq.security.shared import SharedKeys, load_shared_keys
 from polyq.security.signing import (
     KIND_CONTROL,
     KIND_EVENT,
@@ -125,6 +116,21 @@ def build(
             "for the shared-key mode; see docs/security.md"
         )
     assert key is not None and cert is not None and store is not None  # noqa: PT018
+    try:
+        # Only here: cryptography is an optional dependency (polyq[auth]).
+        from polyq.security.keys import (
+            CertificateKey,
+            TrustedCertificates,
+            fingerprint,
+            load_cert_store,
+            load_certificate,
+            load_private_key,
+        )
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"signing with certificates needs the cryptography package ({exc}); "
+            "pip install 'polyq[auth]'"
+        ) from None
     certificate = load_certificate(cert)
     signing_key = CertificateKey(load_private_key(key, key_password), certificate, digest)
     trusted = load_cert_store(store)

@@ -1,13 +1,14 @@
-"""Loading signing material: an X.509 private key and certificate, the store of
-trusted certificates (a glob of PEM files), and shared keys; each failure says which
-file was wrong and how to fix it."""
+"""X.509 signing (Celery's settings): loading the private key, its certificate and
+the store of trusted certificates (a glob of PEM files), each failure saying which
+file was wrong and how to fix it; signing and verifying with them.
+
+Imported only when certificates are configured: it needs ``cryptography``
+(``polyq[auth]``)."""
 
 from __future__ import annotations
 
 import datetime
 import glob
-import hashlib
-import hmac
 import logging
 import os
 from typing import Any
@@ -18,17 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
 from polyq.exceptions import ConfigurationError, SecurityError
+from polyq.security.shared import read_file
 
 __all__ = [
-    "MIN_SHARED_KEY_BYTES",
     "CertificateKey",
-    "SharedKeys",
     "TrustedCertificates",
     "fingerprint",
     "load_cert_store",
     "load_certificate",
     "load_private_key",
-    "load_shared_keys",
 ]
 
 logger = logging.getLogger("polyq.security")
@@ -44,9 +43,6 @@ _DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
     "sha3_384": hashes.SHA3_384,
     "sha3_512": hashes.SHA3_512,
 }
-
-#: A shared key shorter than this (bytes) is refused: HMAC is only as strong as its key.
-MIN_SHARED_KEY_BYTES = 16
 
 PrivateKey = (
     rsa.RSAPrivateKey
@@ -76,20 +72,9 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _read(path: str, setting: str, what: str) -> bytes:
-    try:
-        with open(os.path.expanduser(path), "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigurationError(
-            f"{setting}: cannot read {what} {path!r} ({exc.strerror or exc}); "
-            f"set {setting} to the path of a readable PEM file"
-        ) from None
-
-
 def load_private_key(path: str, password: str | bytes | None = None) -> PrivateKey:
     """The PEM private key at ``path`` (``security_key``), decrypted with ``password``."""
-    data = _read(path, "security_key", "the private key")
+    data = read_file(path, "security_key", "the private key")
     secret = password.encode() if isinstance(password, str) else password
     try:
         key = serialization.load_pem_private_key(data, password=secret or None)
@@ -125,7 +110,7 @@ def load_certificate(path: str, setting: str = "security_certificate") -> x509.C
 
 
 def _load_pem_certificates(path: str, setting: str) -> list[x509.Certificate]:
-    data = _read(path, setting, "the certificate")
+    data = read_file(path, setting, "the certificate")
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -247,62 +232,3 @@ def _same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
     der = serialization.Encoding.DER
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     return key.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
-
-
-def load_shared_keys(key: Any = None, key_file: str | None = None) -> list[bytes]:
-    """Shared keys from ``security_shared_key`` (a string, bytes, or a list of them) or
-    ``security_shared_key_file`` (one key per line); the first one signs."""
-    if key is not None and key_file:
-        raise ConfigurationError("set security_shared_key or security_shared_key_file, not both")
-    if key_file:
-        text = _read(key_file, "security_shared_key_file", "the shared key file")
-        raw: list[Any] = [line.strip() for line in text.splitlines() if line.strip()]
-        where = f"security_shared_key_file {key_file!r}"
-    else:
-        raw = list(key) if isinstance(key, list | tuple) else [key]
-        where = "security_shared_key"
-    keys = [k.encode() if isinstance(k, str) else k for k in raw]
-    if not keys or any(not isinstance(k, bytes) for k in keys):
-        raise ConfigurationError(f"{where}: give one or more keys (strings or bytes)")
-    short = [i for i, k in enumerate(keys) if len(k) < MIN_SHARED_KEY_BYTES]
-    if short:
-        raise ConfigurationError(
-            f"{where}: key #{short[0] + 1} has fewer than {MIN_SHARED_KEY_BYTES} bytes; use "
-            "a random key, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    return keys
-
-
-def _key_id(key: bytes) -> str:
-    # Names the key in messages without revealing it (a hash of it, domain-separated).
-    return hashlib.sha256(b"polyq-shared-key-id\0" + key).hexdigest()[:16]
-
-
-class SharedKeys:
-    """HMAC-SHA256 with shared keys (polyq's ``security_shared_key``): the first key
-    signs, every key verifies (rotation: add the new key second, then make it first)."""
-
-    alg = "hmac-sha256"
-
-    def __init__(self, keys: list[bytes]) -> None:
-        self.keys = {_key_id(k): k for k in keys}
-        self.identity = _key_id(keys[0])
-        self._signing = keys[0]
-
-    def sign(self, data: bytes) -> bytes:
-        """The HMAC of ``data`` under the first key."""
-        return hmac.digest(self._signing, data, "sha256")
-
-    def verify(self, signer: str, data: bytes, signature: bytes) -> None:
-        """Raise :class:`SecurityError` unless ``signature`` is the HMAC of ``data``
-        under the shared key ``signer`` names."""
-        key = self.keys.get(signer)
-        if key is None:
-            raise SecurityError(
-                f"signed with an unknown shared key (key id {signer[:16]}): it is not in "
-                "security_shared_key"
-            )
-        if not hmac.compare_digest(hmac.digest(key, data, "sha256"), signature):
-            raise SecurityError(
-                "bad signature: the message was altered, or signed with another key"
-            )

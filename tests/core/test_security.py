@@ -21,7 +21,7 @@ import pytest
 from polyq import Polyq, security
 from polyq.exceptions import ConfigurationError, SecurityError
 from polyq.message import TaskMessage, decode, encode
-from polyq.security import KIND_CONTROL, KIND_EVENT
+from polyq.security import KIND_CONTROL, KIND_EVENT, keys
 from polyq.serialization import AUTH_CONTENT_TYPE
 from polyq.testing.pki import PKI, make_pki
 from polyq.testing.worker import start_worker
@@ -74,7 +74,7 @@ def test_every_header_and_the_body_are_covered(pki: PKI) -> None:
     out = _signed(sec, headers={"trace": "abc"})
     meta = json.loads(out.headers["signature"])
     assert set(meta["headers"]) == set(out.headers) - {"signature"}
-    assert meta["signer"] == security.keys.fingerprint(security.keys.load_certificate(pki.cert))
+    assert meta["signer"] == keys.fingerprint(keys.load_certificate(pki.cert))
     for name in [n for n in out.headers if n != "signature"]:
         tampered = _delivery(out)
         tampered.headers[name] = tampered.headers[name] + "x"
@@ -109,11 +109,11 @@ def test_untrusted_expired_and_unsigned_are_refused(pki: PKI) -> None:
     with pytest.raises(ConfigurationError, match="expired"):
         _sec(pki, key=pki.expired.key, cert=pki.expired.cert)
     # ...and what it signed before expiring is refused as expired.
-    retired = security.keys.CertificateKey.__new__(security.keys.CertificateKey)
-    cert = security.keys.load_certificate(pki.expired.cert)
-    retired.key = security.keys.load_private_key(pki.expired.key)
-    retired.cert, retired.hash = cert, security.keys.digest_algorithm("sha256")
-    retired.alg, retired.identity = "x509-sha256", security.keys.fingerprint(cert)
+    retired = keys.CertificateKey.__new__(keys.CertificateKey)
+    cert = keys.load_certificate(pki.expired.cert)
+    retired.key = keys.load_private_key(pki.expired.key)
+    retired.cert, retired.hash = cert, keys.digest_algorithm("sha256")
+    retired.alg, retired.identity = "x509-sha256", keys.fingerprint(cert)
     old = security.Signer(retired).sign_task(encode(TaskMessage(task="proj.add"), "json"))
     with pytest.raises(SecurityError, match="expired on"):
         sec.verifier.verify_task(_delivery(old))
@@ -176,7 +176,7 @@ def test_shared_key_mode(tmp_path: Path) -> None:
 
 
 def test_setup_errors_name_the_file_and_the_fix(pki: PKI, tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"security_key.*missing\.pem.*readable PEM"):
+    with pytest.raises(ConfigurationError, match=r"security_key.*missing\.pem.*readable file"):
         security.build(key=str(tmp_path / "missing.pem"), cert=pki.cert, store=pki.store)
     with pytest.raises(ConfigurationError, match="password"):
         security.build(key=pki.key, cert=pki.cert, store=pki.store)  # encrypted, no password
