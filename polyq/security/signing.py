@@ -77,6 +77,11 @@ class TrustStore(Protocol):
         """Raise :class:`SecurityError` unless the signature is good and trusted."""
 
 
+# Built once: json.dumps() with options builds a new encoder on every call (signing is
+# on the path of every task sent).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical(
     kind: str,
     alg: str,
@@ -87,16 +92,12 @@ def _canonical(
     body: bytes,
 ) -> bytes:
     # JSON escapes every string, so the prefix ends unambiguously at its last bracket.
-    prefix = json.dumps(
-        [_VERSION, kind, alg, signer, inner_type, ts, headers],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
-    return prefix + b"\n" + body
+    prefix = _ENCODER.encode([_VERSION, kind, alg, signer, inner_type, ts, headers])
+    return prefix.encode() + b"\n" + body
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 class Signer:
@@ -131,6 +132,7 @@ class Signer:
             "sig": base64.b64encode(key.sign(data)).decode(),
         }
         headers[SIGNATURE_HEADER] = _compact(meta)
+        # replace(), not a new OutgoingMessage: a field added to it later is kept.
         return dataclasses.replace(message, headers=headers)
 
     def sign_broadcast(self, kind: str, payload: bytes) -> bytes:
