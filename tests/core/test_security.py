@@ -304,3 +304,38 @@ def test_forged_control_shutdown_and_events_are_refused(
         assert not [e for e in receiver.events(timeout=0.5) if e.get("hostname") == "x"]
         assert receiver.refused == 1
         assert app.tasks["t.add"].delay(1, 1).get(timeout=10) == 2
+
+
+def test_a_worker_with_a_wrong_key_path_fails_at_start(pki: PKI, tmp_path: Path) -> None:
+    app = Polyq(
+        "t",
+        broker="memory://",
+        backend="memory://",
+        security_key=str(tmp_path / "nope.key"),
+        security_certificate=pki.cert,
+        security_cert_store=pki.store,
+        accept_content=["auth"],
+    )
+    with pytest.raises(ConfigurationError, match=r"security_key: cannot read .*nope\.key"):
+        app.Worker(pool="threads", concurrency=1)
+
+
+def test_retries_and_chains_are_signed_by_the_worker(signed_app: Polyq) -> None:
+    """What a worker sends itself (a retry, a chain's next step) is signed with its key
+    and passes its own verification."""
+    app = signed_app
+    tries: list[int] = []
+
+    @app.task(name="t.flaky", bind=True, max_retries=2, default_retry_delay=0)
+    def flaky(self: Any, x: int) -> int:
+        tries.append(x)
+        if len(tries) < 2:
+            raise self.retry()
+        return x
+
+    with start_worker(app):
+        assert flaky.delay(7).get(timeout=10) == 7
+        workflow = app.tasks["t.add"].s(1, 2) | app.tasks["t.add"].s(10)
+        assert workflow.delay().get(timeout=10) == 13
+    assert tries == [7, 7]
+    assert app.transport.dead_letters("celery") == []
