@@ -1,7 +1,8 @@
 """The cost of message signing per task, on a private Redis server.
 
 For each mode (unsigned; X.509 with an RSA-2048 key; X.509 with an Ed25519 key; the
-shared-key HMAC mode), in one run:
+shared-key HMAC mode), in one run (the modes alternate over ``--rounds`` rounds and
+medians are shown: on a busy machine single runs move a lot):
 
 - enqueue N no-op tasks with no worker running (the client signs each one), timed;
 - start one worker (prefork, -c 2; its children verify each message) and time from
@@ -9,7 +10,7 @@ shared-key HMAC mode), in one run:
 - in this process, time signing and verifying one message (microseconds, median of
   1,000), so the per-task cost is shown apart from the broker.
 
-    python bench/signing_cost.py [--tasks 3000] [--modes unsigned,rsa,ed25519,hmac]
+    python bench/signing_cost.py [--tasks 3000] [--rounds 3] [--modes unsigned,rsa,ed25519,hmac]
 
 Keys and certificates are made in a temporary directory (polyq.testing.pki); the
 redis-server is started on a free loopback port and stopped at the end.
@@ -162,10 +163,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=3000, help="no-op tasks per mode")
     parser.add_argument("--modes", default="unsigned,rsa,ed25519,hmac")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds; modes alternate, the median is shown"
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not installed")
-    rows = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="polyq-signbench-") as tmp:
         with open(os.path.join(tmp, "sigq.py"), "w") as f:
             f.write(TASKS_MODULE)
@@ -177,13 +181,19 @@ def main() -> None:
         )  # fmt: skip
         try:
             _wait_for(port)
-            for mode in args.modes.split(","):
-                rows[mode] = run_mode(f"redis://127.0.0.1:{port}/0", mode, args.tasks, tmp)
-                print(f"{mode}: {rows[mode]}", file=sys.stderr, flush=True)
+            for _ in range(args.rounds):
+                for mode in args.modes.split(","):
+                    run = run_mode(f"redis://127.0.0.1:{port}/0", mode, args.tasks, tmp)
+                    runs.setdefault(mode, []).append(run)
+                    print(f"{mode}: {run}", file=sys.stderr, flush=True)
         finally:
             server.terminate()
             server.wait(10)
-    print(f"\nN={args.tasks} no-op tasks per mode, one private redis-server, prefork -c 2\n")
+    rows = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+    print(
+        f"\nN={args.tasks} no-op tasks per mode, median of {args.rounds} alternating rounds, "
+        "one private redis-server, prefork -c 2\n"
+    )
     print("| mode | enqueue/s | drain/s | sign µs | verify µs | signature header bytes |")
     print("|---|---|---|---|---|---|")
     for mode, r in rows.items():
