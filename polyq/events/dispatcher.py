@@ -29,6 +29,7 @@ __all__ = [
     "HEARTBEAT_EXPIRY",
     "HEARTBEAT_INTERVAL",
     "MAX_BATCH_BYTES",
+    "SIGNED_OVERHEAD",
     "EventDispatcher",
     "decode_events",
     "default_hostname",
@@ -47,6 +48,9 @@ HEARTBEAT_EXPIRY = 3.0
 MAX_BATCH_BYTES = 128 * 1024
 #: Events per broadcast at most (then split further if the bytes exceed MAX_BATCH_BYTES).
 BATCH_EVENTS = 256
+#: Bytes kept free in a batch for its signature line when signing is on (an RSA-4096
+#: signature line is under 900 bytes).
+SIGNED_OVERHEAD = 2048
 #: Repr of arguments in events is cut to this many characters.
 ARG_REPR_LIMIT = 1024
 
@@ -195,6 +199,8 @@ class EventDispatcher:
             return
         limit = self.app.transport.capabilities.max_message_size or MAX_BATCH_BYTES
         limit = min(limit, MAX_BATCH_BYTES)
+        if self.app.security is not None:
+            limit -= SIGNED_OVERHEAD  # room for the signature line in front of the batch
         for start in range(0, len(events), BATCH_EVENTS):
             self._send_batch(events[start : start + BATCH_EVENTS], limit)
 

@@ -339,3 +339,23 @@ def test_retries_and_chains_are_signed_by_the_worker(signed_app: Polyq) -> None:
         assert workflow.delay().get(timeout=10) == 13
     assert tries == [7, 7]
     assert app.transport.dead_letters("celery") == []
+
+
+def test_signed_events_reach_the_monitor(signed_app: Polyq) -> None:
+    from polyq.events import EventReceiver
+
+    app = signed_app
+    with EventReceiver(app) as receiver, start_worker(app, send_events=True):
+        result = app.tasks["t.add"].delay(3, 3)
+        assert result.get(timeout=10) == 6
+        seen = set()
+        deadline = time.monotonic() + 10
+        for event in receiver.events(timeout=10):
+            if event.get("uuid") == result.id:
+                seen.add(event["type"])
+                if event["type"] == "task-received":  # a signed body is still shown
+                    assert event["args"] == "[3, 3]"
+            if "task-succeeded" in seen or time.monotonic() > deadline:
+                break
+    assert {"task-received", "task-succeeded"} <= seen
+    assert receiver.refused == 0
