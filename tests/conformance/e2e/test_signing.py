@@ -125,7 +125,7 @@ class TestSigningOnEveryBroker:
         assert app.security is not None
         signer = app.security.signer
 
-        def forged(**changes: Any) -> TaskMessage:
+        def forged() -> TaskMessage:
             # Reuses the finished task's id: run, it would replace its result.
             return TaskMessage(task="sign.echo", id=done.id, args=["pwned"], queue=queue)
 
