@@ -163,6 +163,8 @@ class Consumer:
             )
             if AUTH_CONTENT_TYPE in app.accept:
                 reason = f"unsigned message refused: {reason} (setup_security)"
+            elif content_type == AUTH_CONTENT_TYPE:
+                reason += "; it is signed: call app.setup_security() on this worker too"
             logger.error("dead-lettering %s[%s]: %s", name, task_id, reason)
             dead_letter(worker.transport, delivery, reason)
             return

@@ -359,3 +359,15 @@ def test_signed_events_reach_the_monitor(signed_app: Polyq) -> None:
                 break
     assert {"task-received", "task-succeeded"} <= seen
     assert receiver.refused == 0
+
+
+def test_a_worker_without_signing_says_why_it_refuses_a_signed_message(pki: PKI) -> None:
+    name = f"memory://plain-{uuid.uuid4().hex[:8]}"
+    plain = Polyq("plain", broker=name, backend=name)
+    plain.task(name="t.add")(lambda a, b: a + b)
+    signer = security.build(shared_key="k" * 32)
+    out = signer.signer.sign_task(encode(TaskMessage(task="t.add", args=[1, 2]), "json"))
+    with start_worker(plain):
+        plain.transport.publish([out])
+        reason = _dead(plain, 1)[out.message_id]
+    assert "call app.setup_security() on this worker too" in reason
