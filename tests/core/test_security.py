@@ -27,8 +27,6 @@ from polyq.testing.pki import PKI, make_pki
 from polyq.testing.worker import start_worker
 from polyq.transport import Delivery, OutgoingMessage
 
-pytestmark = pytest.mark.filterwarnings("ignore:polyq has no setting")
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
@@ -371,3 +369,19 @@ def test_a_worker_without_signing_says_why_it_refuses_a_signed_message(pki: PKI)
         plain.transport.publish([out])
         reason = _dead(plain, 1)[out.message_id]
     assert "call app.setup_security() on this worker too" in reason
+
+
+def test_celery_security_settings_are_known() -> None:
+    """polyq used to warn that every security_* setting was unknown (and ignore it)."""
+    import warnings
+
+    app = Polyq("t", broker="memory://", backend="memory://")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.conf.update(
+            security_key="k.pem",
+            security_key_password=b"pw",
+            security_certificate="c.pem",
+            security_cert_store="certs/*.pem",
+            security_digest="sha256",
+        )
