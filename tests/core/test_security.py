@@ -385,3 +385,29 @@ def test_celery_security_settings_are_known() -> None:
             security_cert_store="certs/*.pem",
             security_digest="sha256",
         )
+
+
+def test_a_forged_expired_message_cannot_mark_a_task_revoked(signed_app: Polyq, pki: PKI) -> None:
+    """The consumer settles an expired message itself (stores REVOKED for its id); with
+    signing on it verifies first, so a forged one cannot revoke another task's id."""
+    app = signed_app
+    intruder = _sec(pki, key=pki.untrusted.key, cert=pki.untrusted.cert)
+    victim, genuine = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def expired(task_id: str) -> TaskMessage:
+        return TaskMessage(task="t.add", id=task_id, args=[1, 1], expires=time.time() - 60)
+
+    unsigned = encode(expired(victim), "json")
+    forged = intruder.signer.sign_task(encode(expired(victim), "json"))
+    assert app.security is not None
+    signed = app.security.signer.sign_task(encode(expired(genuine), "json"))
+    with start_worker(app):
+        app.transport.publish([unsigned, forged, signed])
+        reasons = _dead(app, 2)
+        deadline = time.monotonic() + 10
+        while app.AsyncResult(genuine).state != "REVOKED" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "unsigned message refused" in reasons[unsigned.message_id]
+    assert "untrusted certificate" in reasons[forged.message_id]
+    assert app.AsyncResult(victim).state == "PENDING"
+    assert app.AsyncResult(genuine).state == "REVOKED"
