@@ -120,6 +120,20 @@ DEFAULTS: dict[str, Any] = {
     "monitor_max_workers": 5000,
     "monitor_max_task_names": 1000,
     "monitor_allowed_hosts": [],
+    # Message signing (app.setup_security(), docs/security.md). Celery's names: paths of
+    # the PEM private key and its certificate, a glob of the trusted certificates, the
+    # digest, and the key's password.
+    "security_key": None,
+    "security_key_password": None,
+    "security_certificate": None,
+    "security_cert_store": None,
+    "security_digest": "sha256",
+    # polyq's own: the shared-key mode (HMAC-SHA256; a key, or a list whose first key
+    # signs), or a file of keys one a line; and how old (seconds) a signed control
+    # command or event may be before it is refused as a replay.
+    "security_shared_key": None,
+    "security_shared_key_file": None,
+    "security_max_age": 300.0,
 }
 
 #: Celery settings polyq deliberately does not have, and what to use instead.

@@ -24,6 +24,9 @@ Arguments
     (``app.control.pool_grow(-100)`` raises
     :class:`~polyq.control_args.ControlArgumentError` at once), and again by every
     worker, which trusts no command body (:mod:`polyq.control_args`).
+Signing
+    With ``app.setup_security()`` a command is sent in the signed broadcast form of
+    :mod:`polyq.security.signing` and workers refuse any other (replies are not signed).
 
 Brokers without broadcast
     Revokes still work (workers re-read them from the backend every 2 s);
@@ -41,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from polyq.control_args import ALL_COMMANDS, MAX_REVOKE_IDS, Limits, check
 from polyq.exceptions import ConfigurationError
+from polyq.security import KIND_CONTROL
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -161,6 +165,10 @@ class Control:
 
     def _send(self, command: str, arguments: dict[str, Any]) -> None:
         body = json.dumps({"command": command, "arguments": arguments}).encode()
+        security = self.app.security
+        if security is not None:
+            # Workers with signing on refuse unsigned commands (docs/security.md).
+            body = security.signer.sign_broadcast(KIND_CONTROL, body)
         self.app.transport.broadcast(CONTROL_CHANNEL, body)
 
     def _call(

@@ -18,6 +18,7 @@ __all__ = [
     "Reject",
     "Retry",
     "RevokedError",
+    "SecurityError",
     "SoftTimeLimitExceeded",
     "TaskError",
     "TimeLimitExceeded",
@@ -56,6 +57,12 @@ class DecodeError(PolyqError):
 
 class ContentDisallowed(DecodeError):
     """A message's content type is not in ``accept_content``; it was not deserialized."""
+
+
+class SecurityError(DecodeError):
+    """A signed message, command or event failed verification (unsigned, altered,
+    signed by an untrusted or expired certificate, or too old); it was not acted on.
+    Celery's name for the same error."""
 
 
 class TimeoutError(PolyqError):

@@ -49,6 +49,8 @@ RESERVED_HEADERS = frozenset(
         "time_limit",
         "soft_time_limit",
         "ignore_result",
+        # The signature of a signed message (polyq.security); never a custom header.
+        "signature",
     }
 )
 

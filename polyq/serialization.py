@@ -18,7 +18,16 @@ from typing import Any
 
 from polyq.exceptions import ConfigurationError, ContentDisallowed, DecodeError
 
-__all__ = ["Serializer", "compress", "decompress", "dumps", "get_serializer", "loads"]
+__all__ = [
+    "AUTH",
+    "AUTH_CONTENT_TYPE",
+    "Serializer",
+    "compress",
+    "decompress",
+    "dumps",
+    "get_serializer",
+    "loads",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +97,22 @@ _SERIALIZERS = {
 }
 _BY_CONTENT_TYPE = {s.content_type: s for s in _SERIALIZERS.values()}
 
+#: Celery's serializer name for signed messages, and polyq's content type for them. Not
+#: a serializer of its own: a signed message's body is in an inner serializer, and its
+#: signature in a header (``polyq.security``); ``accept_content=['auth']`` accepts only
+#: signed messages.
+AUTH = "auth"
+AUTH_CONTENT_TYPE = "application/x-polyq-auth"
+
 
 def get_serializer(name_or_type: str) -> Serializer:
     """The serializer named ``name_or_type`` (``"json"``) or with that content type."""
     found = _SERIALIZERS.get(name_or_type) or _BY_CONTENT_TYPE.get(name_or_type)
+    if found is None and name_or_type in (AUTH, AUTH_CONTENT_TYPE):
+        raise ConfigurationError(
+            "the 'auth' serializer signs messages with the keys app.setup_security() loads; "
+            "call app.setup_security() (see docs/security.md)"
+        )
     if found is None:
         raise ConfigurationError(
             f"unknown serializer {name_or_type!r}; choose one of {', '.join(_SERIALIZERS)}"
@@ -100,8 +121,14 @@ def get_serializer(name_or_type: str) -> Serializer:
 
 
 def accepted_types(accept: Iterable[str]) -> frozenset[str]:
-    """Content types for an ``accept_content`` list of names or content types."""
-    return frozenset(get_serializer(item).content_type for item in accept)
+    """Content types for an ``accept_content`` list of names or content types
+    (``auth``: signed messages)."""
+    return frozenset(
+        AUTH_CONTENT_TYPE
+        if item in (AUTH, AUTH_CONTENT_TYPE)
+        else get_serializer(item).content_type
+        for item in accept
+    )
 
 
 def dumps(value: Any, serializer: str) -> tuple[str, bytes]:

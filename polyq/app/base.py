@@ -22,6 +22,7 @@ from typing import Any, cast, overload
 
 from polyq import signals
 from polyq.app.registration import annotate, register_builtin_tasks, run_autodiscover
+from polyq.app.securing import setup_security
 from polyq.app.sending import (
     as_list,
     jsonable_options,
@@ -38,7 +39,8 @@ from polyq.registry import create_backend, create_transport
 from polyq.request import current_request
 from polyq.result import AsyncResult, GroupResult
 from polyq.result import AsyncResult as _Result  # the method AsyncResult shadows it below
-from polyq.serialization import accepted_types
+from polyq.security import Security
+from polyq.serialization import AUTH, accepted_types
 from polyq.task import Task
 from polyq.transport import OutgoingMessage, Transport
 from polyq.url import redact
@@ -123,6 +125,7 @@ class Polyq:
         for register in list(_shared_tasks):
             register(self)
         self._sent_events_enabled = False
+        self._security: Security | None = None
         register_builtin_tasks(self)  # polyq.map, polyq.starmap
 
     # -- configuration ---------------------------------------------------------
@@ -191,8 +194,58 @@ class Polyq:
 
     @property
     def result_accept(self) -> frozenset[str]:
-        """Content types accepted in results (``result_accept_content``)."""
-        return accepted_types(self.conf.result_accept_content or self.conf.accept_content)
+        """Content types accepted in results (``result_accept_content``; by default
+        ``accept_content``, where ``auth`` stands for ``result_serializer``: results
+        are not signed)."""
+        conf = self.conf
+        if conf.result_accept_content:
+            return accepted_types(conf.result_accept_content)
+        return accepted_types(
+            [conf.result_serializer if item == AUTH else item for item in conf.accept_content]
+        )
+
+    # -- message signing ---------------------------------------------------------
+
+    def setup_security(
+        self,
+        allowed_serializers: Sequence[str] | None = None,
+        key: str | None = None,
+        key_password: str | bytes | None = None,
+        cert: str | None = None,
+        store: str | None = None,
+        digest: str | None = None,
+        serializer: str = "json",
+        *,
+        shared_key: Any = None,
+    ) -> Security:
+        """Sign every task message, control command and event this app sends, and
+        accept only signed ones (Celery's ``app.setup_security()``); see
+        :func:`polyq.app.securing.setup_security` and docs/security.md."""
+        self._security = setup_security(
+            self.conf,
+            allowed_serializers=allowed_serializers,
+            key=key,
+            key_password=key_password,
+            cert=cert,
+            store=store,
+            digest=digest,
+            serializer=serializer,
+            shared_key=shared_key,
+        )
+        return self._security
+
+    @property
+    def security(self) -> Security | None:
+        """How this app signs and verifies, or ``None`` without ``setup_security()``.
+        Settings alone (``task_serializer='auth'`` or ``'auth'`` in ``accept_content``)
+        set it up on first use, as a worker loading Celery-style settings expects."""
+        if self._security is None:
+            conf = self.conf
+            if conf.task_serializer == AUTH or AUTH in (conf.accept_content or ()):
+                with self._lock:
+                    if self._security is None:
+                        self.setup_security()
+        return self._security
 
     @property
     def timezone(self) -> datetime.tzinfo:
@@ -457,12 +510,11 @@ class Polyq:
         if task_type is not None:
             serializer = serializer or task_type.serializer
             compression = compression or task_type.compression
-        out = encode(
-            message,
-            serializer or conf.task_serializer,
-            compression or conf.task_compression,
-            delay=delay,
-        )
+        serializer = serializer or conf.task_serializer
+        security = self.security
+        if security is not None and serializer == AUTH:
+            serializer = security.serializer
+        out = encode(message, serializer, compression or conf.task_compression, delay=delay)
         if conf.task_send_sent_event and not self._sent_events_enabled:
             from polyq.events import enable_sent_events
 
@@ -471,6 +523,9 @@ class Polyq:
         signals.before_task_publish.send(
             sender=message.task, body=out.body, headers=out.headers, routing_key=out.queue
         )
+        if security is not None:
+            # Signed after the signal: its handlers may add headers (trace context).
+            out = security.signer.sign_task(out)
         self.publish_raw([out], connection=connection, retry=retry, retry_policy=retry_policy)
         signals.after_task_publish.send(
             sender=message.task, body=out.body, headers=out.headers, routing_key=out.queue

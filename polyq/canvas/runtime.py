@@ -22,6 +22,7 @@ from polyq.canvas.signatures import as_list, from_dict
 from polyq.exceptions import ChordError
 from polyq.message import TaskMessage, decode
 from polyq.result import decode_record, meta_key, store_state
+from polyq.security import open_task
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -107,7 +108,8 @@ def on_failure_outside_task(app: Polyq, delivery: Delivery, exc: BaseException) 
     if delivery.headers.get("polyq") is None:
         return
     try:
-        message = decode(delivery, app.accept)
+        delivery, accept = open_task(app.security, delivery, app.accept)
+        message = decode(delivery, accept)
         if message.options:
             on_failure(app, None, message, exc)
     except Exception:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from polyq import signals
 from polyq.message import decode
+from polyq.security import KIND_EVENT, SIGNATURE_HEADER
+from polyq.serialization import AUTH_CONTENT_TYPE
 from polyq.transport import Delivery
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ __all__ = [
     "HEARTBEAT_EXPIRY",
     "HEARTBEAT_INTERVAL",
     "MAX_BATCH_BYTES",
+    "SIGNED_OVERHEAD",
     "EventDispatcher",
     "decode_events",
     "default_hostname",
@@ -45,6 +48,9 @@ HEARTBEAT_EXPIRY = 3.0
 MAX_BATCH_BYTES = 128 * 1024
 #: Events per broadcast at most (then split further if the bytes exceed MAX_BATCH_BYTES).
 BATCH_EVENTS = 256
+#: Bytes kept free in a batch for its signature line when signing is on (an RSA-4096
+#: signature line is under 900 bytes).
+SIGNED_OVERHEAD = 2048
 #: Repr of arguments in events is cut to this many characters.
 ARG_REPR_LIMIT = 1024
 
@@ -68,8 +74,12 @@ def message_fields(delivery: Delivery, accept: frozenset[str]) -> dict[str, Any]
         "root_id": headers.get("root_id") or None,
         "parent_id": headers.get("parent_id") or None,
     }
+    content_type = headers.get("content-type")
+    if content_type == AUTH_CONTENT_TYPE:
+        # For display only (the pool verifies before running): the body's own type.
+        content_type = _signed_type(headers.get(SIGNATURE_HEADER))
     try:
-        if headers.get("content-type") == "application/json" and not headers.get("compression"):
+        if content_type == "application/json" and not headers.get("compression"):
             # The common case, without building a whole TaskMessage (a third of the cost).
             body = json.loads(delivery.body)
             args, kwargs = body.get("args", []), body.get("kwargs", {})
@@ -81,6 +91,14 @@ def message_fields(delivery: Delivery, accept: frozenset[str]) -> dict[str, Any]
     fields["args"] = _short_repr(args)
     fields["kwargs"] = _short_repr(kwargs)
     return fields
+
+
+def _signed_type(signature: str | None) -> str | None:
+    try:
+        found = json.loads(signature or "").get("type")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 class EventDispatcher:
@@ -181,6 +199,8 @@ class EventDispatcher:
             return
         limit = self.app.transport.capabilities.max_message_size or MAX_BATCH_BYTES
         limit = min(limit, MAX_BATCH_BYTES)
+        if self.app.security is not None:
+            limit -= SIGNED_OVERHEAD  # room for the signature line in front of the batch
         for start in range(0, len(events), BATCH_EVENTS):
             self._send_batch(events[start : start + BATCH_EVENTS], limit)
 
@@ -193,6 +213,9 @@ class EventDispatcher:
             self._send_batch(events[:half], limit)
             self._send_batch(events[half:], limit)
             return
+        security = self.app.security
+        if security is not None:
+            data = security.signer.sign_broadcast(KIND_EVENT, data)
         try:
             self.app.transport.broadcast(EVENT_CHANNEL, data)
             self.sent += len(events)

@@ -1,5 +1,6 @@
 """Receiving events: :class:`EventReceiver` subscribes to the event channel and
-yields single events."""
+yields single events (with signing on, only those in a broadcast whose signature
+holds; the others are counted in ``refused`` and logged)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from polyq.events.dispatcher import EVENT_CHANNEL, decode_events
-from polyq.exceptions import ConfigurationError
+from polyq.exceptions import ConfigurationError, SecurityError
+from polyq.security import KIND_EVENT
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -35,6 +37,8 @@ class EventReceiver:
         self.app = app
         self._subscription: Subscription | None = None
         self._stop = threading.Event()
+        #: Broadcasts dropped because signing is on and their signature did not hold.
+        self.refused = 0
 
     def open(self) -> EventReceiver:
         """Subscribe now; events sent from this point on are not missed."""
@@ -60,8 +64,17 @@ class EventReceiver:
                 if wait <= 0:
                     return
             body = self._subscription.get(wait)
-            if body is not None:
-                yield from decode_events(body)
+            if body is None:
+                continue
+            security = self.app.security
+            if security is not None:
+                try:
+                    body = security.verifier.verify_broadcast(KIND_EVENT, body)
+                except SecurityError as exc:
+                    self.refused += 1
+                    logger.warning("dropped an event broadcast (%d so far): %s", self.refused, exc)
+                    continue
+            yield from decode_events(body)
 
     def capture(self, handler: Callable[[dict[str, Any]], None]) -> None:
         """Call ``handler`` with each event until :meth:`close`; a failing handler is logged."""

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from polyq import signals, states
 from polyq.events import message_fields
-from polyq.exceptions import DecodeError, WorkerLostError
+from polyq.exceptions import DecodeError, SecurityError, WorkerLostError
 from polyq.message import peek
+from polyq.serialization import AUTH_CONTENT_TYPE
 from polyq.transport import Delivery, OutgoingMessage
 from polyq.worker.pools import Job
 from polyq.worker.queue_trials import QueueTrials
@@ -147,6 +148,8 @@ class Consumer:
             dead_letter(worker.transport, delivery, f"undecodable: {exc}")
             return
         if delivery.delivery_count > conf.task_max_deliveries:
+            if not self._authentic(delivery):
+                return
             reason = (
                 f"delivered {delivery.delivery_count} times, more than task_max_deliveries="
                 f"{conf.task_max_deliveries} (the task keeps killing its worker, or is never acked)"
@@ -161,6 +164,10 @@ class Consumer:
                 f"content type {content_type!r} is not in accept_content "
                 f"({', '.join(sorted(app.accept))}); not deserialized"
             )
+            if AUTH_CONTENT_TYPE in app.accept:
+                reason = f"unsigned message refused: {reason} (setup_security)"
+            elif content_type == AUTH_CONTENT_TYPE:
+                reason += "; it is signed: call app.setup_security() on this worker too"
             logger.error("dead-lettering %s[%s]: %s", name, task_id, reason)
             dead_letter(worker.transport, delivery, reason)
             return
@@ -178,6 +185,8 @@ class Consumer:
             return
         expires = _timestamp(delivery.headers.get("expires"))
         if expires is not None and expires < now:
+            if not self._authentic(delivery):
+                return
             logger.info("task %s[%s] expired; revoked", name, task_id)
             self.revoke(delivery, name, task_id, expired=True)
             return
@@ -218,6 +227,22 @@ class Consumer:
                 return
         with backlog.cond:
             backlog.pending.append(job)
+
+    def _authentic(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` may settle its task from here (store a state for its id):
+        with signing on, only once its signature holds, else a forged message could mark
+        any task id REVOKED or FAILURE. Rare paths (expired, poison), so checked here;
+        a refused message is dead-lettered and ``False`` returned."""
+        security = self.worker.app.security
+        if security is None:
+            return True
+        try:
+            security.verifier.verify_task(delivery)  # unsigned ones are refused too
+        except SecurityError as exc:
+            logger.error("dead-lettering %s: %s", delivery.message_id, exc)
+            dead_letter(self.worker.transport, delivery, f"signature refused: {exc}")
+            return False
+        return True
 
     def dispatch(self) -> None:
         """Start the queued jobs the pool has room for (and the rate-limited ones

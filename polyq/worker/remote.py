@@ -1,7 +1,8 @@
 """Remote control of a worker: the control thread and the commands it answers.
 
 The control thread (:class:`ControlListener`) listens on the control channel (see
-:mod:`polyq.control` for the protocol); without broadcast, or with
+:mod:`polyq.control` for the protocol; with signing on, it drops a command whose
+signature does not hold, with one log line); without broadcast, or with
 ``worker_enable_remote_control`` off, it re-reads the durable revokes now and then
 instead. ``revoke`` is handled by :func:`revoke` (no reply); every other command
 goes to :func:`handle`. A command whose ``destination`` does not name this worker
@@ -40,7 +41,8 @@ from polyq.control_args import (
     check_envelope,
 )
 from polyq.events import message_fields
-from polyq.exceptions import ConfigurationError
+from polyq.exceptions import ConfigurationError, SecurityError
+from polyq.security import KIND_CONTROL
 from polyq.transport import Delivery
 
 if TYPE_CHECKING:
@@ -98,6 +100,14 @@ class ControlListener:
                 body = subscription.get(1.0)
                 if body is None:
                     continue
+                security = worker.app.security
+                if security is not None:
+                    try:
+                        body = security.verifier.verify_broadcast(KIND_CONTROL, body)
+                    except SecurityError as exc:
+                        # One line, no traceback: a forged command must cost nothing.
+                        logger.warning("refused a control message: %s", exc)
+                        continue
                 try:
                     command = json.loads(body)
                     arguments = command.get("arguments") or {}

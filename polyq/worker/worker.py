@@ -85,6 +85,9 @@ class Worker:
         self.app_path = app_path
         conf = app.conf
         app.finalize()
+        # Signing configured by settings alone loads its keys now, so a wrong path or
+        # password stops the worker at start rather than failing every task.
+        app.security  # noqa: B018
         if time_limit is not None:
             conf.task_time_limit = time_limit
         if soft_time_limit is not None:

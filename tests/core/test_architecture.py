@@ -172,6 +172,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("contract", ("polyq.transport", "polyq.backend", "polyq.capabilities", "polyq.message")),
+    # Message signing: signs and verifies the envelope; the app and everything above use it.
+    ("security", ("polyq.security",)),
     (
         "app",
         (

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from polyq import signals
-from polyq.exceptions import DecodeError
+from polyq.exceptions import DecodeError, SecurityError
 from polyq.message import decode
+from polyq.security import open_task
 from polyq.transport import Delivery
 
 if TYPE_CHECKING:
@@ -94,7 +95,14 @@ def run_job(app: Polyq, job: Job, hostname: str, run: Any = None) -> Result:
         priority=job.priority,
     )
     try:
-        message = decode(delivery, app.accept)
+        # A signed message is verified here, in the pool (in parallel), before a byte
+        # of its body is read; what goes on holds only its signed headers.
+        delivery, accept = open_task(app.security, delivery, app.accept)
+    except SecurityError as exc:
+        logger.error("dead-lettering %s[%s]: %s", job.task_name, job.task_id, exc)
+        return Result(job.key, "dead_letter", job.task_id, reason=f"signature refused: {exc}")
+    try:
+        message = decode(delivery, accept)
     except DecodeError as exc:
         return Result(job.key, "dead_letter", job.task_id, reason=f"cannot decode: {exc}")
     try:
