@@ -85,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
     "beat_missed_policy": "run_once",
     "beat_max_loop_interval": 5.0,
     "beat_key_prefix": "polyq-beat-",
+    # Errors and timeouts (issue 16): how long connecting to the broker (and the
+    # result backend) may take before BrokerError; also the longest a publish keeps
+    # retrying under task_publish_retry_policy unless the policy has a "timeout".
+    "broker_connection_timeout": 4.0,
 }
 
 #: Celery settings polyq deliberately does not have, and what to use instead.

@@ -18,10 +18,21 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError
 from polyq.url import redact
 
-__all__ = ["call", "create_client", "error_code", "refused", "session_args"]
+__all__ = ["REFUSAL_CODES", "call", "create_client", "error_code", "refused", "session_args"]
+
+#: Error codes of a final refusal: the credentials are wrong, expired or not allowed;
+#: no retry can change the answer.
+REFUSAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
+        "AccessDenied", "AccessDeniedException", "InvalidSecurity", "ExpiredToken",
+        "ExpiredTokenException", "MissingAuthenticationToken", "IncompleteSignature",
+        "AuthFailure", "InvalidAccessKeyId",
+    }
+)  # fmt: skip
 
 
 def session_args(url: str, options: Mapping[str, Any], region: Any = None) -> dict[str, Any]:
@@ -58,7 +69,8 @@ def create_client(
     ``max_attempts`` options (botocore's standard retries); ``endpoint`` overrides the
     service's (emulators, VPC endpoints). ``label`` names the service in errors."""
     config = botocore.config.Config(
-        connect_timeout=float(options.get("connect_timeout", 5)),
+        # The app passes broker_connection_timeout (4 s by default) as connect_timeout.
+        connect_timeout=float(options.get("connect_timeout", 4)),
         read_timeout=float(options.get("read_timeout", read_timeout)),
         retries={"max_attempts": int(options.get("max_attempts", 4)), "mode": "standard"},
     )
@@ -82,7 +94,7 @@ def call(
     except botocore.exceptions.ClientError:
         raise
     except botocore.exceptions.NoCredentialsError as exc:
-        raise BrokerError(
+        raise BrokerRefused(
             f"{label} at {where()}: no AWS credentials found; set them in the "
             "environment, a profile or an instance role (boto3's usual chain)"
         ) from exc
@@ -98,7 +110,13 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
 def refused(
     label: str, where: str, operation: str, exc: botocore.exceptions.ClientError
 ) -> BrokerError:
-    """The :class:`BrokerError` for ``operation`` refused by the service (code and message)."""
+    """The :class:`BrokerError` for ``operation`` refused by the service (code and
+    message); :class:`BrokerRefused` when the credentials were refused."""
     code = exc.response.get("Error", {}).get("Code", "?")
     message = exc.response.get("Error", {}).get("Message", "")
+    if code in REFUSAL_CODES:
+        return BrokerRefused(
+            f"{label} at {where}: {operation} refused ({code}): {message}. Check the AWS "
+            "credentials (URL, aws_* options, profile or role) and their permissions."
+        )
     return BrokerError(f"{label} at {where}: {operation} refused ({code}): {message}")
