@@ -72,7 +72,9 @@ def create_client(
         # The app passes broker_connection_timeout (4 s by default) as connect_timeout.
         connect_timeout=float(options.get("connect_timeout", 4)),
         read_timeout=float(options.get("read_timeout", read_timeout)),
-        retries={"max_attempts": int(options.get("max_attempts", 4)), "mode": "standard"},
+        # botocore's standard-mode default: its backoff (up to 1 s, then 2 s) keeps an
+        # unreachable endpoint's error within about broker_connection_timeout.
+        retries={"max_attempts": int(options.get("max_attempts", 3)), "mode": "standard"},
     )
     try:
         # A session per instance: boto3's default session is shared global state.

@@ -237,8 +237,13 @@ class SQLDatabase:
 
     def _failed(self, action: str, exc: BaseException) -> BrokerError:
         kind = BrokerRefused if is_refusal(exc) else BrokerError
+        # libpq's messages span lines; an error is reported on one.
+        detail = " ".join(str(exc).split())
         return kind(
-            redact(f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}")
+            redact(
+                f"{action} failed on {self.describe()}: {type(exc).__name__}: {detail}"
+                f"{_hint(exc)}"
+            )
         )
 
     @contextlib.contextmanager
