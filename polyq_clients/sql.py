@@ -241,8 +241,7 @@ class SQLDatabase:
         detail = " ".join(str(exc).split())
         return kind(
             redact(
-                f"{action} failed on {self.describe()}: {type(exc).__name__}: {detail}"
-                f"{_hint(exc)}"
+                f"{action} failed on {self.describe()}: {type(exc).__name__}: {detail}{_hint(exc)}"
             )
         )
 
