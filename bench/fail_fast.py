@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,8 +55,8 @@ PRODUCER = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    started = time.monotonic()
     from ffapp import add
+    started = time.monotonic()  # the call alone, not the interpreter's start
     try:
         add.delay(1, 2)
         outcome = "published"
@@ -157,6 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker-limit", type=float, default=60.0)
     args = parser.parse_args()
+    # Stopped by a signal: still end the private redis-server (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     workdir = Path(tempfile.mkdtemp(prefix="polyq-failfast-"))
     (workdir / "ffapp.py").write_text(APP)
     redis_proc = None
