@@ -68,7 +68,7 @@ def test_retries_stop_after_broker_connection_timeout(app: Polyq) -> None:
             },
         )
     took = time.monotonic() - started
-    assert 0.6 <= took < 1.3, took
+    assert 0.6 <= took < 2.0, took
     assert 3 <= len(calls) <= 5
 
 
