@@ -181,7 +181,8 @@ class translate_errors:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
-        if exc is None or not isinstance(exc, redis.RedisError):
+        # A socket error redis-py did not wrap (a pub/sub read) is a connection error too.
+        if exc is None or not isinstance(exc, redis.RedisError | OSError):
             return
         where, what, detail = redact(self.url), self.what, redact(str(exc))
         if isinstance(exc, redis.AuthenticationError):
@@ -194,7 +195,7 @@ class translate_errors:
                 f"Redis at {where} refused to {what}: {detail}. The user's ACL does not "
                 "allow it: grant the commands and keys polyq uses (docs/brokers.md)."
             ) from exc
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
             raise BrokerError(
                 f"cannot reach Redis at {where} to {what}: {detail}. Is the server running "
                 "and the URL's host, port and TLS setting right?"
