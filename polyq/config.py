@@ -134,6 +134,10 @@ DEFAULTS: dict[str, Any] = {
     "security_shared_key": None,
     "security_shared_key_file": None,
     "security_max_age": 300.0,
+    # Errors and timeouts: how long connecting to the broker (and the
+    # result backend) may take before BrokerError; also the longest a publish keeps
+    # retrying under task_publish_retry_policy unless the policy has a "timeout".
+    "broker_connection_timeout": 4.0,
 }
 
 #: Celery settings polyq deliberately does not have, and what to use instead.

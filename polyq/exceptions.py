@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = [
     "BrokerError",
+    "BrokerRefused",
     "ChordError",
     "ConfigurationError",
     "ContentDisallowed",
@@ -45,6 +46,13 @@ class UnknownScheme(ConfigurationError):
 
 class BrokerError(PolyqError):
     """The broker could not be reached or refused an operation."""
+
+
+class BrokerRefused(BrokerError):
+    """The broker answered and refused us for good: wrong credentials, access denied,
+    an unknown virtual host or database. Trying again cannot help, so the publish
+    retry policy does not retry it and a worker stops at once; fix the URL or the
+    broker's users and permissions."""
 
 
 class MessageTooLarge(BrokerError):

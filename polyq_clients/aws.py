@@ -19,10 +19,21 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError
 from polyq.url import is_loopback, redact, split_url, warn_insecure
 
-__all__ = ["call", "create_client", "error_code", "refused", "session_args"]
+__all__ = ["REFUSAL_CODES", "call", "create_client", "error_code", "refused", "session_args"]
+
+#: Error codes of a final refusal: the credentials are wrong, expired or not allowed;
+#: no retry can change the answer.
+REFUSAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
+        "AccessDenied", "AccessDeniedException", "InvalidSecurity", "ExpiredToken",
+        "ExpiredTokenException", "MissingAuthenticationToken", "IncompleteSignature",
+        "AuthFailure", "InvalidAccessKeyId",
+    }
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +72,12 @@ def create_client(
     ``max_attempts`` options (botocore's standard retries); ``endpoint`` overrides the
     service's (emulators, VPC endpoints). ``label`` names the service in errors."""
     config = botocore.config.Config(
-        connect_timeout=float(options.get("connect_timeout", 5)),
+        # The app passes broker_connection_timeout (4 s by default) as connect_timeout.
+        connect_timeout=float(options.get("connect_timeout", 4)),
         read_timeout=float(options.get("read_timeout", read_timeout)),
-        retries={"max_attempts": int(options.get("max_attempts", 4)), "mode": "standard"},
+        # botocore's standard-mode default: its backoff (up to 1 s, then 2 s) keeps an
+        # unreachable endpoint's error within about broker_connection_timeout.
+        retries={"max_attempts": int(options.get("max_attempts", 3)), "mode": "standard"},
     )
     if endpoint and str(endpoint).lower().startswith("http://"):
         host = urlsplit(str(endpoint)).hostname
@@ -95,7 +109,7 @@ def call(
     except botocore.exceptions.ClientError:
         raise
     except botocore.exceptions.NoCredentialsError as exc:
-        raise BrokerError(
+        raise BrokerRefused(
             f"{label} at {where()}: no AWS credentials found; set them in the "
             "environment, a profile or an instance role (boto3's usual chain)"
         ) from exc
@@ -111,7 +125,13 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
 def refused(
     label: str, where: str, operation: str, exc: botocore.exceptions.ClientError
 ) -> BrokerError:
-    """The :class:`BrokerError` for ``operation`` refused by the service (code and message)."""
+    """The :class:`BrokerError` for ``operation`` refused by the service (code and
+    message); :class:`BrokerRefused` when the credentials were refused."""
     code = exc.response.get("Error", {}).get("Code", "?")
     message = exc.response.get("Error", {}).get("Message", "")
+    if code in REFUSAL_CODES:
+        return BrokerRefused(
+            f"{label} at {where}: {operation} refused ({code}): {message}. Check the AWS "
+            "credentials (URL, aws_* options, profile or role) and their permissions."
+        )
     return BrokerError(f"{label} at {where}: {operation} refused ({code}): {message}")

@@ -18,7 +18,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError
 from polyq.url import is_loopback, query_options, redact, url_list, warn_insecure
 from polyq.url import split_url as parse_url
 
@@ -132,7 +132,11 @@ def connect(url: str, options: Mapping[str, Any]) -> tuple[redis.Redis, int]:
         "username": options.get("username", username),
         "password": options.get("password", password),
         "socket_timeout": float(options.get("socket_timeout", 10.0)),
-        "socket_connect_timeout": float(options.get("socket_connect_timeout", 5.0)),
+        # Celery's redis_socket_connect_timeout; else the app's broker_connection_timeout
+        # (connect_timeout), so a down server is reported within it.
+        "socket_connect_timeout": float(
+            options.get("socket_connect_timeout", options.get("connect_timeout", 4.0))
+        ),
         "socket_keepalive": bool(options.get("socket_keepalive", True)),
         "health_check_interval": int(options.get("health_check_interval", 25)),
         # A bounded retry: a down broker must surface as an error within seconds.
@@ -179,15 +183,21 @@ class translate_errors:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
-        if exc is None or not isinstance(exc, redis.RedisError):
+        # A socket error redis-py did not wrap (a pub/sub read) is a connection error too.
+        if exc is None or not isinstance(exc, redis.RedisError | OSError):
             return
         where, what, detail = redact(self.url), self.what, redact(str(exc))
         if isinstance(exc, redis.AuthenticationError):
-            raise BrokerError(
+            raise BrokerRefused(
                 f"Redis at {where} refused the credentials while trying to {what}: {detail}. "
                 "Check the username and password in the URL."
             ) from exc
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            raise BrokerRefused(
+                f"Redis at {where} refused to {what}: {detail}. The user's ACL does not "
+                "allow it: grant the commands and keys polyq uses (docs/brokers.md)."
+            ) from exc
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
             raise BrokerError(
                 f"cannot reach Redis at {where} to {what}: {detail}. Is the server running "
                 "and the URL's host, port and TLS setting right?"

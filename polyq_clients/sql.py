@@ -10,6 +10,7 @@ connections, transactions and the translation of driver errors into
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -22,7 +23,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError
 from polyq.url import redact, split_url
 from polyq_clients import sql_tls
 
@@ -32,6 +33,7 @@ __all__ = [
     "engine_url",
     "insert_ignore",
     "is_deadlock",
+    "is_refusal",
     "table_prefix",
 ]
 
@@ -46,6 +48,7 @@ _OPTIONS = frozenset(
         "synchronous",
         "listen",
         "broadcast_ttl",
+        "connect_timeout",
     }
 )
 _DRIVERS = {
@@ -100,6 +103,13 @@ def build_engine(url: str, options: Mapping[str, Any]) -> Engine:
     elif backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
         kwargs["pool_recycle"] = 3600
+    if backend != "sqlite":
+        # An unreachable server must fail within the connection timeout (the app's
+        # broker_connection_timeout unless the URL says otherwise), not the OS's
+        # TCP timeout. libpq counts whole seconds and treats under 2 as 2.
+        timeout = float(options.get("connect_timeout", 4.0))
+        seconds = max(2, math.ceil(timeout)) if backend == "postgresql" else max(timeout, 0.5)
+        kwargs["connect_args"] = {"connect_timeout": seconds}
     try:
         engine = sa.create_engine(target, **kwargs)
     except Exception as exc:  # a missing driver, a bad option
@@ -223,21 +233,25 @@ class SQLDatabase:
 
     @contextlib.contextmanager
     def errors(self, action: str) -> Iterator[None]:
-        """Turn SQLAlchemy's driver errors inside the block into :class:`BrokerError`."""
+        """Turn driver errors inside the block into :class:`BrokerError`
+        (:class:`BrokerRefused` for a final refusal: bad credentials, no such
+        database). SQLAlchemy wraps the errors of statements, but a pool checkout
+        (``raw_connection()``) raises the driver's own: both are caught."""
         try:
             yield
         except (sa.exc.DBAPIError, sa.exc.TimeoutError, sa.exc.DisconnectionError) as exc:
-            detail = getattr(exc, "orig", None) or exc
-            raise BrokerError(
-                redact(
-                    f"{action} failed on {self.describe()}: {type(detail).__name__}: "
-                    f"{detail}{_hint(detail)}"
-                )
-            ) from exc
+            raise self._failed(action, getattr(exc, "orig", None) or exc) from exc
+        except self.dbapi_error as exc:
+            raise self._failed(action, exc) from exc
 
-    def _failed(self, action: str, exc: Exception) -> BrokerError:
-        return BrokerError(
-            redact(f"{action} failed on {self.describe()}: {type(exc).__name__}: {exc}{_hint(exc)}")
+    def _failed(self, action: str, exc: BaseException) -> BrokerError:
+        kind = BrokerRefused if is_refusal(exc) else BrokerError
+        # libpq's messages span lines; an error is reported on one.
+        detail = " ".join(str(exc).split())
+        return kind(
+            redact(
+                f"{action} failed on {self.describe()}: {type(exc).__name__}: {detail}{_hint(exc)}"
+            )
         )
 
     @contextlib.contextmanager
@@ -367,6 +381,46 @@ def _hint(exc: object) -> str:
     if "password authentication failed" in text or "access denied" in text:
         return " (check the user name and password in the URL)"
     return ""
+
+
+#: PostgreSQL SQLSTATEs of a final refusal: invalid authorization or password, no
+#: such database, insufficient privilege to connect.
+_PG_REFUSED = frozenset({"28000", "28P01", "3D000", "42501"})
+#: MySQL/MariaDB error numbers of a final refusal: access denied (to the server, to
+#: the database), unknown database, host not allowed, plugin auth refused.
+_MYSQL_REFUSED = frozenset({1044, 1045, 1049, 1130, 1698, 1251})
+_PG_REFUSAL_TEXT = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    'role "',  # role "x" does not exist
+    'database "',  # database "x" does not exist
+    "permission denied for database",
+)
+
+
+def is_refusal(exc: BaseException | None) -> bool:
+    """Whether a driver error is a final refusal (bad credentials, unknown database,
+    access denied) that no retry can fix."""
+    if exc is None:
+        return False
+    code = getattr(exc, "sqlstate", None)
+    if code in _PG_REFUSED:
+        return True
+    args = getattr(exc, "args", None) or ()
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_REFUSED:
+        return True
+    # libpq reports failed connections as text only (no SQLSTATE).
+    text = str(exc).lower()
+    return (
+        "fatal:" in text
+        and any(part in text for part in _PG_REFUSAL_TEXT)
+        and (
+            "does not exist" in text
+            or "authentication" in text
+            or "pg_hba" in text
+            or "permission denied" in text
+        )
+    )
 
 
 def is_deadlock(exc: BaseException | None) -> bool:

@@ -282,7 +282,7 @@ class Polyq:
             with self._lock:
                 if self._transport is None:
                     self._transport = create_transport(
-                        self.broker_url, **(self.conf.broker_transport_options or {})
+                        self.broker_url, **self._connection_options("broker_transport_options")
                     )
         return self._transport
 
@@ -294,9 +294,19 @@ class Polyq:
             with self._lock:
                 if self._backend is None:
                     self._backend = create_backend(
-                        self.backend_url, **(self.conf.result_backend_transport_options or {})
+                        self.backend_url,
+                        **self._connection_options("result_backend_transport_options"),
                     )
         return self._backend
+
+    def _connection_options(self, key: str) -> dict[str, Any]:
+        """A plugin's options: ``connect_timeout`` is ``broker_connection_timeout``
+        unless the options (or the URL) give their own."""
+        timeout = self.conf.broker_connection_timeout
+        options = dict(self.conf[key] or {})
+        if timeout is not None:
+            options.setdefault("connect_timeout", float(timeout))
+        return options
 
     def close(self) -> None:
         """Close this process's broker and backend connections."""

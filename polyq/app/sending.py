@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from polyq.config import Settings
-from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
+from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError, MessageTooLarge
 from polyq.task import Task
 from polyq.transport import OutgoingMessage, Transport
 from polyq.url import redact
@@ -32,7 +32,14 @@ def publish_with_retry(
     retry_policy: dict[str, Any] | None = None,
 ) -> None:
     """Publish encoded messages, retrying connection errors under
-    ``task_publish_retry_policy`` before raising."""
+    ``task_publish_retry_policy`` before raising.
+
+    A :class:`BrokerRefused` (wrong credentials, unknown vhost or database) and a
+    :class:`MessageTooLarge` are raised at once: no retry changes them. Retries stop
+    after the policy's ``max_retries``, or once the policy's ``timeout`` seconds
+    (``broker_connection_timeout`` when the policy has none; ``None``: no limit)
+    have passed since the first attempt, so a producer learns within seconds that
+    the broker is away."""
     kwargs: dict[str, Any] = {}
     if connection is not None:
         if not transport.capabilities.transactional_enqueue:
@@ -44,10 +51,11 @@ def publish_with_retry(
             )
         kwargs["connection"] = connection
         retry = False  # the caller's transaction decides; a retry could duplicate it
+    started = time.monotonic()
     try:
         transport.publish(messages, **kwargs)
     except BrokerError as exc:
-        _publish_again(transport, conf, messages, kwargs, exc, retry, retry_policy)
+        _publish_again(transport, conf, messages, kwargs, exc, retry, retry_policy, started)
 
 
 def _publish_again(
@@ -58,6 +66,7 @@ def _publish_again(
     exc: BrokerError,
     retry: bool | None,
     retry_policy: dict[str, Any] | None,
+    started: float,
 ) -> None:
     # publish_with_retry after a failed first attempt: the policy is read only now,
     # so a publish that succeeds at once pays nothing for it.
@@ -66,10 +75,17 @@ def _publish_again(
     policy = {**conf.task_publish_retry_policy, **(retry_policy or {})}
     attempts = int(policy.get("max_retries", 3)) if retry else 0
     pause = float(policy.get("interval_start", 0.0))
+    limit = policy.get("timeout", conf.broker_connection_timeout)
+    deadline = None if limit is None else started + float(limit)
     attempt = 0
     while True:
-        # A message the broker refuses for its size never fits: no retry.
-        if attempt >= attempts or isinstance(exc, MessageTooLarge):
+        # A message the broker refuses for its size never fits, and a refusal of
+        # our credentials or vhost is final: no retry.
+        if (
+            attempt >= attempts
+            or isinstance(exc, MessageTooLarge | BrokerRefused)
+            or (deadline is not None and time.monotonic() + pause >= deadline)
+        ):
             raise exc
         logger.warning(
             "publish to %s failed (%s); retry %d/%d in %.1fs",

@@ -37,6 +37,7 @@ from polyq.worker.pools import POOLS, Pool, PreforkPool
 from polyq.worker.ratelimit import RateLimits
 from polyq.worker.revocations import Revocations
 from polyq.worker.settling import Acker
+from polyq.worker.startup import check_connections
 
 if TYPE_CHECKING:
     from polyq.app import Polyq
@@ -121,6 +122,9 @@ class Worker:
         self._check_pool_supports()
 
         self.transport = app.transport
+        # The result backend's plugin too, now: an unknown scheme or a missing extra
+        # stops the worker here rather than failing every task it would run.
+        app.backend  # noqa: B018
         # A broker with its own delivery timeout (RabbitMQ's consumer_timeout) warns
         # when the hard time limit would let a task outlive it.
         self.transport.check_time_limit(conf.task_time_limit)
@@ -203,19 +207,13 @@ class Worker:
 
     def start(self) -> None:
         """Run until a shutdown signal (or :meth:`stop`); blocks the calling thread.
-        Returns at once, with :attr:`failure` set, if the broker cannot be reached and
-        ``broker_connection_retry_on_startup`` is false."""
-        if self.app.conf.broker_connection_retry_on_startup is False:
-            try:
-                self.transport.size(self.queues[0])  # any call that needs the broker
-            except Exception as exc:
-                self.failure = (
-                    f"cannot reach the broker at {self.transport.describe()} on start-up "
-                    f"({exc}), and broker_connection_retry_on_startup is false: not "
-                    "starting. Start the broker first, or leave the setting true to wait for it"
-                )
-                logger.critical("%s", self.failure)
-                return
+        Returns at once, with :attr:`failure` set, if the broker or the result
+        backend refuses the worker, or cannot be reached and
+        ``broker_connection_retry_on_startup`` is false (see :mod:`.startup`)."""
+        self.failure = check_connections(self.app, self.transport, self.queues[0], self.stopping)
+        if self.failure is not None:
+            logger.critical("%s", self.failure)
+            return
         signals.worker_init.send(sender=self)
         self.revocations.load(self.app)
         if self.install_signal_handlers:

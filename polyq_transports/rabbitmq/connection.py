@@ -25,7 +25,7 @@ import pika
 import pika.exceptions
 from pika.channel import Channel
 
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError
 from polyq.url import is_loopback, redact, split_url, url_list, warn_insecure
 
 from .fastpath import FastConnection, PlainConnection
@@ -179,6 +179,9 @@ class Link:
         # The I/O thread's only:
         self.conn: Connection | None = None
         self.up = asyncio.Event()
+        #: Set while the broker's last answer was a final refusal (credentials,
+        #: vhost): waiters for a connection stop waiting at once.
+        self.refused = asyncio.Event()
         self.inflight: set[asyncio.Future[Any]] = set()
         self.url_index = 0
 
@@ -304,7 +307,10 @@ class Link:
                 conn = await asyncio.wait_for(opened, self.connect_timeout + 1)
             except Exception as exc:
                 self.last_error = _root_cause(exc)
+                if isinstance(self.last_error, REFUSED):
+                    self.refused.set()
                 continue
+            self.refused.clear()
             self.url_index = index
             return conn
         with self.cond:
@@ -330,14 +336,24 @@ class Link:
             self.last_error = reason
 
     async def connected(self) -> Connection:
-        """The open connection, waiting up to ``connect_timeout`` for one."""
+        """The open connection, waiting up to ``connect_timeout`` for one; a final
+        refusal (credentials, vhost) ends the wait at once."""
         if not self.up.is_set():
             if isinstance(self.last_error, REFUSED):
                 raise self.unreachable()  # retrying will not change the broker's mind
+            waits = [
+                asyncio.ensure_future(self.up.wait()),
+                asyncio.ensure_future(self.refused.wait()),
+            ]
             try:
-                await asyncio.wait_for(self.up.wait(), self.connect_timeout)
-            except TimeoutError:
-                raise self.unreachable() from None
+                await asyncio.wait(
+                    waits, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+            if not self.up.is_set():
+                raise self.unreachable()
         assert self.conn is not None
         return self.conn
 
@@ -349,6 +365,8 @@ class Link:
             detail = f"access denied ({last}); check that the vhost exists and the user may use it"
         elif isinstance(last, REFUSED):
             detail = f"authentication failed ({last}); check the user and password in the URL"
+        if isinstance(last, REFUSED):
+            return BrokerRefused(f"RabbitMQ at {redact(self.url)} refused the connection: {detail}")
         return BrokerError(
             f"cannot reach RabbitMQ at {redact(self.url)} within {self.connect_timeout:.0f} s: "
             f"{detail}. Check that the broker runs and the URL is right."

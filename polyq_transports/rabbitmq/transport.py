@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import pika.exceptions
+
 from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
 from polyq.transport import (
     Capabilities,
@@ -28,7 +30,7 @@ from polyq.url import redact
 
 from . import fastpath
 from .broadcast import Broadcaster
-from .connection import Link, parameters, split_urls
+from .connection import Link, describe_close, parameters, split_urls
 from .consume import Consumer
 from .dead_letters import Browser
 from .headers import H_DELIVERIES, H_FAILED_AT, H_REASON
@@ -80,7 +82,7 @@ class RabbitMQTransport(Transport):
         fixed = options.get("prefetch_count")
         self.prefetch_count: int | None = int(fixed) if fixed else None
         self.heartbeat = int(options.get("heartbeat", 30))
-        self.connect_timeout = float(options.get("connect_timeout", 10.0))
+        self.connect_timeout = float(options.get("connect_timeout", 4.0))
         self.confirm_timeout = float(options.get("confirm_timeout", 30.0))
         self.max_message_size = int(
             options.get("max_message_size", self.capabilities.max_message_size or 0)
@@ -193,6 +195,8 @@ class RabbitMQTransport(Transport):
                 f"{self.confirm_timeout:.0f} s (a memory or disk alarm?); they may or may not "
                 "have been stored"
             ) from None
+        except pika.exceptions.AMQPError as exc:  # a channel or connection closed under it
+            raise BrokerError(f"RabbitMQ at {redact(self.url)}: {describe_close(exc)}") from exc
 
     # -- consuming -------------------------------------------------------------------
 

@@ -26,10 +26,12 @@ except ImportError:  # pragma: no cover - redis-py then packs
     _pack_command = None
 
 
-def _roundtrip(conn: Connection, command: tuple[Any, ...]) -> Any:
+def _roundtrip(conn: Connection, command: tuple[Any, ...], reached: list[bool]) -> Any:
     # connect() first, as the pool does: a Sentinel connection finds the master there
     # (sending on an unconnected one would dial the default localhost:6379).
-    conn.connect()
+    reached.clear()
+    conn.connect()  # redis-py retries connecting by itself (the client's retry)
+    reached.append(True)
     if _pack_command is None:
         conn.send_command(*command)
     else:
@@ -75,9 +77,19 @@ class IdleConnections:
             pool = self._client.connection_pool
             conn = pool.connection_class(**pool.connection_kwargs)
 
+        reached: list[bool] = []
+
+        def retryable(error: Exception) -> bool:
+            # A failed connect() was retried inside already (retrying it here too
+            # multiplied the attempts: 1.2 s to report a closed port), and refused
+            # credentials stay refused.
+            return bool(reached) and not isinstance(error, redis.AuthenticationError)
+
         def call(*command: Any) -> Any:
             return conn.retry.call_with_retry(
-                lambda: _roundtrip(conn, command), lambda _error: conn.disconnect()
+                lambda: _roundtrip(conn, command, reached),
+                lambda _error: conn.disconnect(),
+                is_retryable=retryable,
             )
 
         try:

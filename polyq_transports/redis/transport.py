@@ -52,6 +52,7 @@ _KNOWN_OPTIONS = frozenset(
         "max_connections", "retries", "retry_on_timeout", "username", "password", "protocol",
         "ssl", "broker_use_ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile",
         "ssl_keyfile", "ssl_check_hostname", "ssl_password", "client_name", "db",
+        "connect_timeout",
     }
 )  # fmt: skip
 _IGNORED_CELERY_OPTIONS = frozenset(

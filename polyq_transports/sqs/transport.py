@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import botocore.exceptions
 
-from polyq.exceptions import ConfigurationError, MessageTooLarge
+from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
 from polyq.transport import (
     Capabilities,
     DeadLetter,
@@ -56,6 +57,25 @@ from polyq_transports.sqs.wire import (
 __all__ = ["SQSTransport"]
 
 log = logging.getLogger("polyq_transports.sqs")
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _guarded(method: _Method) -> _Method:
+    """A contract method whose botocore errors, wherever raised inside it, leave as
+    :class:`BrokerError` (:class:`BrokerRefused` for refused credentials): the
+    core retries and reports on polyq's errors only."""
+
+    @functools.wraps(method)
+    def guarded(self: SQSTransport, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except botocore.exceptions.ClientError as exc:
+            raise aws.refused("SQS", self.describe(), method.__name__, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise BrokerError(f"SQS at {self.describe()}: {method.__name__} failed: {exc}") from exc
+
+    return cast(_Method, guarded)
 
 
 class SQSTransport(Transport):
@@ -165,6 +185,7 @@ class SQSTransport(Transport):
 
     # -- producing ---------------------------------------------------------------
 
+    @_guarded
     def publish(self, messages: Sequence[OutgoingMessage], **kwargs: Any) -> None:
         """Send ``messages`` with ``SendMessageBatch`` (10 per call, per queue).
 
@@ -227,6 +248,7 @@ class SQSTransport(Transport):
 
     # -- consuming ---------------------------------------------------------------
 
+    @_guarded
     def receive(self, queues: Sequence[str], max_messages: int, wait: float) -> list[Delivery]:
         """Lease up to ``max_messages`` messages (see *Receiving and leases* in
         ``docs/design/sqs.md``)."""
@@ -326,6 +348,7 @@ class SQSTransport(Transport):
             self._delays.hop(queue, url, hops)
         return deliveries
 
+    @_guarded
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Delete the messages with ``DeleteMessageBatch``, grouped per queue."""
         by_url: dict[str, list[str]] = collections.defaultdict(list)
@@ -335,6 +358,7 @@ class SQSTransport(Transport):
         for url, handles in by_url.items():
             self._sqs.delete(url, handles)
 
+    @_guarded
     def nack(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Make the message visible again after ``delay`` (at most 12 hours)."""
         receipt: Receipt = delivery.receipt
@@ -350,6 +374,7 @@ class SQSTransport(Transport):
                 return  # the lease was lost: the message comes back by itself
             raise self._sqs.error(f"ChangeMessageVisibility on {delivery.queue!r}", exc) from exc
 
+    @_guarded
     def extend_lease(self, deliveries: Sequence[Delivery]) -> None:
         """Restart each lease at ``visibility_timeout`` (``ChangeMessageVisibilityBatch``)."""
         by_url: dict[str, list[Delivery]] = collections.defaultdict(list)
@@ -387,12 +412,14 @@ class SQSTransport(Transport):
                         failure.get("Message"),
                     )
 
+    @_guarded
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Send the message with ``reason`` to ``<queue>-dlq``, then delete it."""
         self._dead_letters.dead_letter(delivery, reason)
 
     # -- queues (see .queues) ------------------------------------------------------
 
+    @_guarded
     def size(self, queue: str) -> int:
         """SQS's approximate count of ready, delayed and in-flight messages."""
         total = sum(self._sqs.counts(band) for band in self._sqs.bands(queue))
@@ -400,6 +427,7 @@ class SQSTransport(Transport):
             total += self._sqs.counts(base_name(queue) + "-delay")
         return total
 
+    @_guarded
     def purge(self, queue: str) -> int:
         """``PurgeQueue`` (see ``docs/design/sqs.md``); returns the approximate count."""
         removed = sum(self._sqs.purge(band) for band in self._sqs.bands(queue))
@@ -407,6 +435,7 @@ class SQSTransport(Transport):
             removed += self._sqs.purge(base_name(queue) + "-delay")
         return removed
 
+    @_guarded
     def queues(self) -> list[str]:
         """The queues under the prefix, without polyq's dead-letter, delay and
         broadcast queues (names as SQS spells them)."""
@@ -414,24 +443,29 @@ class SQSTransport(Transport):
 
     # -- dead letters (see .dead_letters) --------------------------------------------
 
+    @_guarded
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The dead letters of ``queue``, oldest first (a scan of ``<queue>-dlq``)."""
         return self._dead_letters.dead_letters(queue, limit)
 
+    @_guarded
     def replay_dead_letters(self, queue: str, message_ids: Sequence[str] | None = None) -> int:
         """Publish the chosen dead letters back on ``queue``, then delete them."""
         return self._dead_letters.replay_dead_letters(queue, message_ids)
 
+    @_guarded
     def purge_dead_letters(self, queue: str) -> int:
         """Delete the dead letters of ``queue`` (received and deleted, so the count is exact)."""
         return self._dead_letters.purge_dead_letters(queue)
 
     # -- broadcast (see .broadcast) --------------------------------------------------
 
+    @_guarded
     def broadcast(self, channel: str, body: bytes) -> None:
         """Send ``body`` to the queue of every current subscriber of ``channel``."""
         self._broadcasts.broadcast(channel, body)
 
+    @_guarded
     def subscribe(self, channel: str) -> Subscription:
         """Create this subscriber's queue (and delete the channel's orphans)."""
         return self._broadcasts.subscribe(channel)
