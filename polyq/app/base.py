@@ -14,13 +14,13 @@ import datetime
 import importlib
 import logging
 import os
-import threading
 import time
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast, overload
 
 from polyq import signals
+from polyq.app.connections import Connections
 from polyq.app.registration import annotate, register_builtin_tasks, run_autodiscover
 from polyq.app.securing import setup_security
 from polyq.app.sending import (
@@ -35,7 +35,6 @@ from polyq.config import Settings, default_sqlite_url
 from polyq.current import apps, default_app, register_app, set_default_factory
 from polyq.exceptions import ConfigurationError
 from polyq.message import TaskMessage, encode, new_id, new_ids
-from polyq.registry import create_backend, create_transport
 from polyq.request import current_request
 from polyq.result import AsyncResult, GroupResult
 from polyq.result import AsyncResult as _Result  # the method AsyncResult shadows it below
@@ -109,10 +108,8 @@ class Polyq:
         for key, value in settings.items():
             self.conf[key] = value
         self._tasks: dict[str, Task] = {}
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._transport: Transport | None = None
-        self._backend: ResultBackend | None = None
+        self._connections = Connections(self)
+        self._lock = self._connections.lock
         self._autodiscover: list[tuple[Any, str]] = []
         self._finalized = False
         base = task_cls or Task
@@ -134,7 +131,7 @@ class Polyq:
         """Read settings from an object, a module or its dotted name; with
         ``namespace='CELERY'`` only ``CELERY_``-prefixed names (Django settings)."""
         self.conf.from_object(obj, namespace)
-        self._reset_connections()
+        self._connections.reset()
 
     def config_from_envvar(self, variable: str, namespace: str | None = None) -> None:
         """Read settings from the module named by environment variable ``variable``."""
@@ -252,65 +249,21 @@ class Polyq:
         """``timezone`` as a tzinfo."""
         return zoneinfo.ZoneInfo(self.conf.timezone or "UTC")
 
-    # -- connections (one per process, rebuilt after fork) ----------------------
-
-    def _reset_connections(self) -> None:
-        with self._lock:
-            if self._pid == os.getpid():
-                for conn in (self._transport, self._backend):
-                    if conn is not None:
-                        try:
-                            conn.close()
-                        except Exception:
-                            logger.debug("closing %s failed", conn, exc_info=True)
-            self._transport = None
-            self._backend = None
-            self._pid = os.getpid()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():
-            # A forked child: never reuse the parent's sockets or SQLite handles.
-            self._transport = None
-            self._backend = None
-            self._pid = os.getpid()
+    # -- connections (one per process, rebuilt after fork: polyq.app.connections) --
 
     @property
     def transport(self) -> Transport:
         """This process's broker connection (created on first use)."""
-        self._check_pid()
-        if self._transport is None:
-            with self._lock:
-                if self._transport is None:
-                    self._transport = create_transport(
-                        self.broker_url, **self._connection_options("broker_transport_options")
-                    )
-        return self._transport
+        return self._connections.transport()
 
     @property
     def backend(self) -> ResultBackend:
         """This process's result backend (created on first use)."""
-        self._check_pid()
-        if self._backend is None:
-            with self._lock:
-                if self._backend is None:
-                    self._backend = create_backend(
-                        self.backend_url,
-                        **self._connection_options("result_backend_transport_options"),
-                    )
-        return self._backend
-
-    def _connection_options(self, key: str) -> dict[str, Any]:
-        """A plugin's options: ``connect_timeout`` is ``broker_connection_timeout``
-        unless the options (or the URL) give their own."""
-        timeout = self.conf.broker_connection_timeout
-        options = dict(self.conf[key] or {})
-        if timeout is not None:
-            options.setdefault("connect_timeout", float(timeout))
-        return options
+        return self._connections.backend()
 
     def close(self) -> None:
         """Close this process's broker and backend connections."""
-        self._reset_connections()
+        self._connections.reset()
 
     # -- tasks -----------------------------------------------------------------
 
