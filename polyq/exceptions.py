@@ -12,6 +12,7 @@ __all__ = [
     "DecodeError",
     "Ignore",
     "ImproperlyConfigured",
+    "InvalidQueueName",
     "MaxRetriesExceededError",
     "MessageTooLarge",
     "PolyqError",
@@ -36,6 +37,13 @@ class ConfigurationError(PolyqError):
 
 
 ImproperlyConfigured = ConfigurationError
+
+
+class InvalidQueueName(ConfigurationError, ValueError):
+    """A queue name the broker would refuse, or would fold into another queue's name
+    (control characters, characters outside the broker's charset, names equal under
+    the database's collation); the message names the queue, the reason and the fix.
+    Raised before anything is sent. A :class:`ValueError` too."""
 
 
 class UnknownScheme(ConfigurationError):

@@ -13,6 +13,7 @@ from typing import Any
 
 from polyq.config import Settings
 from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
+from polyq.queues import check_queue_name
 from polyq.task import Task
 from polyq.transport import OutgoingMessage, Transport
 from polyq.url import redact
@@ -33,6 +34,9 @@ def publish_with_retry(
 ) -> None:
     """Publish encoded messages, retrying connection errors under
     ``task_publish_retry_policy`` before raising."""
+    for message in messages:
+        # Before the broker sees it: a bad name fails here at once, never after a hang.
+        check_queue_name(message.queue)
     kwargs: dict[str, Any] = {}
     if connection is not None:
         if not transport.capabilities.transactional_enqueue:
