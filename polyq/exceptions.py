@@ -13,6 +13,7 @@ __all__ = [
     "Ignore",
     "ImproperlyConfigured",
     "InvalidQueueName",
+    "InvalidWorkflow",
     "MaxRetriesExceededError",
     "MessageTooLarge",
     "PolyqError",
@@ -81,6 +82,13 @@ class TaskError(PolyqError):
 
 class ChordError(PolyqError):
     """A chord could not run its callback (a header task failed)."""
+
+
+class InvalidWorkflow(PolyqError, ValueError):
+    """A workflow field carried in a task message (``chord``, ``chain``, ``link``,
+    ``once``...) or in a chord's stored record has the wrong type or is out of range;
+    the message names the field. The task is failed with it once and its message
+    dead-lettered: its body does not run. A :class:`ValueError` too."""
 
 
 class RevokedError(PolyqError):
