@@ -11,12 +11,18 @@ first, a bad field fails the task once, naming the field (see
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from polyq.exceptions import ChordError
+
+if TYPE_CHECKING:
+    from polyq.backend import ResultBackend
 
 __all__ = [
     "MAX_CHORD_SIZE",
     "MAX_DEPTH",
     "check_chord_record",
+    "check_chord_size",
     "check_options",
     "check_signature",
 ]
@@ -171,3 +177,16 @@ def check_chord_record(record: Any, group_id: str, size: int) -> str | None:
         if problem:
             return problem
     return _check_signature(record.get("body"), f"{field}.body", 0)
+
+
+def check_chord_size(backend: ResultBackend, size: int) -> None:
+    """Refuse, before anything is stored or sent, a chord of ``size`` header tasks
+    above the result backend's declared ``max_chord_size`` (it could never fire)."""
+    limit = backend.capabilities.max_chord_size
+    if limit is not None and size > limit:
+        raise ChordError(
+            f"a chord of {size:,} header tasks is above the {limit:,} the result backend "
+            f"{backend.describe()} declares (max_chord_size): it could never fire. Nothing "
+            "was sent. Split the header into chords of at most that many tasks, or use a "
+            "Redis or SQL result backend"
+        )

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from polyq import Polyq, chord, states
+from polyq.backend import BackendCapabilities
 from polyq.canvas.fields import MAX_CHORD_SIZE, check_options
 from polyq.canvas.keys import CHORD_PREFIX
 from polyq.exceptions import ChordError, InvalidWorkflow
@@ -150,3 +151,17 @@ def test_a_worker_runs_the_body_once_and_dead_letters_the_message(app: Any) -> N
     assert "options.chord.size" in letters[0].reason
     assert app.runs == []
     assert add.AsyncResult(message.id).state == states.FAILURE
+
+
+def test_a_chord_above_the_backends_limit_fails_at_send_time(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add, tsum = app.tasks["f.add"], app.tasks["f.tsum"]
+    limited = BackendCapabilities(push_wait=True, durable=False, max_chord_size=3)
+    monkeypatch.setattr(type(app.backend), "capabilities", limited)
+    with pytest.raises(ChordError, match=r"chord of 4 header tasks is above the 3"):
+        chord([add.s(i, i) for i in range(4)])(tsum.s())
+    assert _drain(app) == []  # nothing sent
+    assert app.backend.keys("polyq-chord") == []  # nothing stored
+    chord([add.s(i, i) for i in range(3)])(tsum.s())  # at the limit: sent
+    assert len(_drain(app)) == 3
