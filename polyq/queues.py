@@ -21,6 +21,10 @@ __all__ = ["MAX_QUEUE_NAME_LENGTH", "check_queue_name", "check_queue_names"]
 #: bytes, the SQL transport's column 255 characters; SQS's 80 is checked there).
 MAX_QUEUE_NAME_LENGTH = 255
 
+#: Names that passed, so that publishing checks a name once per process.
+_CHECKED: set[str] = set()
+_CHECKED_MAX = 4096
+
 _KINDS = {
     "Cc": "a control character",
     "Cf": "an invisible format character",
@@ -37,6 +41,8 @@ def check_queue_name(name: object) -> str:
     """Return ``name`` if it can name a queue on any broker, else raise
     :class:`~polyq.exceptions.InvalidQueueName` naming the queue, what is wrong
     and how to fix it."""
+    if isinstance(name, str) and name in _CHECKED:  # the publish path: one set lookup
+        return name
     if not isinstance(name, str):
         raise InvalidQueueName(
             f"a queue name must be a string, not {type(name).__name__} ({name!r}); "
@@ -67,6 +73,8 @@ def check_queue_name(name: object) -> str:
             "ignore trailing spaces (so it would share messages with "
             f"{name.strip()!r}) and `-Q` strips them. Remove the spaces"
         )
+    if len(_CHECKED) < _CHECKED_MAX:
+        _CHECKED.add(name)
     return name
 
 
