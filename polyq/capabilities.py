@@ -76,3 +76,10 @@ class BackendCapabilities:
     push_wait: bool = False
     #: Values written survive a restart of the store.
     durable: bool = False
+    #: The most header tasks a chord may have on this backend: its bookkeeping
+    #: (``add_to_set`` of every member, ``get_many`` of every result, the stored
+    #: chord record) works up to this size. ``None``: no limit of the backend's own
+    #: (the conformance suite proves 100,000). The default, 1,000, is the contract's
+    #: minimum: every backend must pass the suite at that size. Sending a larger chord
+    #: fails at once (``ChordError``) before anything is sent.
+    max_chord_size: int | None = 1_000

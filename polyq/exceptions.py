@@ -13,6 +13,8 @@ __all__ = [
     "DecodeError",
     "Ignore",
     "ImproperlyConfigured",
+    "InvalidQueueName",
+    "InvalidWorkflow",
     "MaxRetriesExceededError",
     "MessageTooLarge",
     "PolyqError",
@@ -38,6 +40,13 @@ class ConfigurationError(PolyqError):
 
 
 ImproperlyConfigured = ConfigurationError
+
+
+class InvalidQueueName(ConfigurationError, ValueError):
+    """A queue name the broker would refuse, or would fold into another queue's name
+    (control characters, characters outside the broker's charset, names equal under
+    the database's collation); the message names the queue, the reason and the fix.
+    Raised before anything is sent. A :class:`ValueError` too."""
 
 
 class UnknownScheme(ConfigurationError):
@@ -88,6 +97,13 @@ class TaskError(PolyqError):
 
 class ChordError(PolyqError):
     """A chord could not run its callback (a header task failed)."""
+
+
+class InvalidWorkflow(PolyqError, ValueError):
+    """A workflow field carried in a task message (``chord``, ``chain``, ``link``,
+    ``once``...) or in a chord's stored record has the wrong type or is out of range;
+    the message names the field. The task is failed with it once and its message
+    dead-lettered: its body does not run. A :class:`ValueError` too."""
 
 
 class RevokedError(PolyqError):

@@ -23,9 +23,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from polyq import signals, states
-from polyq.canvas.runtime import claim_once, on_failure, on_success
+from polyq.canvas.fields import check_options
+from polyq.canvas.runtime import claim_once, on_failure, on_invalid_fields, on_success
 from polyq.exceptions import (
     Ignore,
+    InvalidWorkflow,
     MaxRetriesExceededError,
     Reject,
     Retry,
@@ -155,6 +157,12 @@ def execute(
         time_limit=(message.time_limit, message.soft_time_limit),
         ignore_result=ignore_result,
     )
+    if message.options:
+        # Checked before anything acts on them: a bad field found after the body ran
+        # made the message come back, and the body run again, up to the delivery limit.
+        problems = check_options(message.options)
+        if problems:
+            return _invalid_fields(app, task, message, problems, store, hostname)
     dedupe = store and conf.worker_deduplicate_successful_tasks and not eager
     if dedupe and AsyncResult(task_id, app=app).state == states.SUCCESS:
         logger.info("task %s[%s] already succeeded: skipped (deduplicated)", task.name, task_id)
@@ -274,6 +282,26 @@ def _on_success(
     if message.options:  # nothing linked or chained: most tasks skip the canvas
         on_success(app, task, message, retval)
     return Outcome("ack", message.id, states.SUCCESS, value=retval)
+
+
+def _invalid_fields(
+    app: Polyq,
+    task: Task,
+    message: TaskMessage,
+    problems: dict[str, str],
+    store: bool,
+    hostname: str | None,
+) -> Outcome:
+    exc = InvalidWorkflow(
+        f"task {task.name}[{message.id}] was not run: its message carries unusable "
+        f"workflow fields ({'; '.join(problems.values())}). Send workflows with the canvas "
+        "API (chain, group, chord) rather than building their options by hand"
+    )
+    logger.error("%s", exc)
+    if store:
+        store_state(app, message.id, states.FAILURE, exc=exc, message=message, hostname=hostname)
+    on_invalid_fields(app, message, exc, problems)
+    return Outcome("dead_letter", message.id, states.FAILURE, exc=exc, reason=str(exc))
 
 
 def _on_failure(

@@ -29,6 +29,8 @@ _DEFAULT_TABLE = "polyq_results"
 # DynamoDB's item limit is 400 KB including attribute names and the key.
 _ITEM_LIMIT = 400 * 1024
 _READ_BATCH = 100
+#: The largest chord this backend declares (see ``capabilities``).
+_MAX_CHORD = 4_000
 _WRITE_BATCH = 25
 _LIVE = "(attribute_not_exists(#e) OR #e > :now)"
 _GONE = "(attribute_not_exists(#k) OR #e <= :now)"
@@ -41,7 +43,13 @@ def _number(value: float) -> dict[str, str]:
 class DynamoDBResultBackend(ResultBackend):
     """Results in a DynamoDB table; see ``docs/design/sqs.md`` for URL, options and design."""
 
-    capabilities = BackendCapabilities(push_wait=False, durable=True)
+    capabilities = BackendCapabilities(
+        push_wait=False,
+        durable=True,
+        # A chord's member set is one item (two map entries per member id) under
+        # DynamoDB's 400 KB item limit: about 4,700 uuid members fit; 4,000 leaves room.
+        max_chord_size=_MAX_CHORD,
+    )
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)

@@ -83,7 +83,9 @@ os.register_at_fork(after_in_child=_forget_stores_after_fork)
 class MemoryResultBackend(ResultBackend):
     """The in-process result store; see the module docstring."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(push_wait=True, durable=False)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
+        push_wait=True, durable=False, max_chord_size=None
+    )
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)

@@ -33,6 +33,10 @@ _RECHECK = 2.0
 _INLINE_MAX = 64 * 1024
 _WITH_VALUE, _WITHOUT_VALUE = b"\x01", b"\x00"
 
+#: Keys per ``MGET``/``DEL`` of a bulk operation: one command of 100,000 keys would
+#: hold Redis (single-threaded) for the whole reply; chunks let others in between.
+_BULK = 10_000
+
 
 #: ``set_state``: KEYS = value, final mark; ARGV = value, px ("" for none, "0" for
 #: already expired), "1" if final, channel, notification. Nothing once the mark is
@@ -161,7 +165,12 @@ class _Notifier:
 class RedisResultBackend(ResultBackend):
     """The Redis result store (``redis://``, ``rediss://``, ``redis+sentinel://``)."""
 
-    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(push_wait=True, durable=True)
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities(
+        push_wait=True,
+        durable=True,
+        # Bulk reads and deletes go _BULK keys per command: no size limit of its own.
+        max_chord_size=None,
+    )
 
     def __init__(self, url: str, **options: Any) -> None:
         options = {**options, **query_options(url)}
@@ -189,11 +198,18 @@ class RedisResultBackend(ResultBackend):
         return value
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """One ``MGET``."""
+        """``MGET`` of up to ``_BULK`` keys each, pipelined into one round trip."""
         if not keys:
             return {}
+        names = [self._values + key for key in keys]
         with self._errors(f"read {len(keys)} result keys"):
-            values = self._client.mget([self._values + key for key in keys])
+            if len(names) <= _BULK:
+                values = self._client.mget(names)
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for start in range(0, len(names), _BULK):
+                    pipe.mget(names[start : start + _BULK])
+                values = [value for reply in pipe.execute() for value in reply]
         return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
@@ -220,7 +236,13 @@ class RedisResultBackend(ResultBackend):
             return
         names = [prefix + key for key in keys for prefix in (self._values, self._sets)]
         with self._errors(f"delete {len(keys)} result key(s)"):
-            self._client.delete(*names)
+            if len(names) <= _BULK:
+                self._client.delete(*names)
+                return
+            pipe = self._client.pipeline(transaction=False)
+            for start in range(0, len(names), _BULK):
+                pipe.delete(*names[start : start + _BULK])
+            pipe.execute()
 
     def add_to_set(self, key: str, member: str, ttl: float | None = None) -> int:
         """``SADD`` + ``SCARD`` (+ ``PEXPIRE``) in one ``MULTI``; the set's size after."""

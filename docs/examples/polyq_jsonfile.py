@@ -25,7 +25,8 @@ from polyq.exceptions import ConfigurationError
 class JSONFileBackend(ResultBackend):
     """Values and sets in one JSON file; see the module docstring."""
 
-    capabilities = BackendCapabilities(push_wait=False, durable=True)
+    # Every call rewrites the file: chords stay small (1,000 header tasks, the minimum).
+    capabilities = BackendCapabilities(push_wait=False, durable=True, max_chord_size=1_000)
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)

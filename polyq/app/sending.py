@@ -13,6 +13,7 @@ from typing import Any
 
 from polyq.config import Settings
 from polyq.exceptions import BrokerError, BrokerRefused, ConfigurationError, MessageTooLarge
+from polyq.queues import check_queue_name
 from polyq.task import Task
 from polyq.transport import OutgoingMessage, Transport
 from polyq.url import redact
@@ -40,6 +41,9 @@ def publish_with_retry(
     (``broker_connection_timeout`` when the policy has none; ``None``: no limit)
     have passed since the first attempt, so a producer learns within seconds that
     the broker is away."""
+    for message in messages:
+        # Before the broker sees it: a bad name fails here at once, never after a hang.
+        check_queue_name(message.queue)
     kwargs: dict[str, Any] = {}
     if connection is not None:
         if not transport.capabilities.transactional_enqueue:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from polyq import states
+from polyq.canvas.fields import check_chord_size
 from polyq.canvas.keys import CHORD_PREFIX, FIRST_ONLY, GROUP_KEYS
 from polyq.canvas.maps import xstarmap
 from polyq.canvas.signatures import Signature, as_list, from_dict, plain, to_signature
@@ -457,6 +458,7 @@ class chord(Signature):
         if not members:
             c.body.apply_async(([],), **{k: v for k, v in opts.items() if k == "once"})
             return result
+        check_chord_size(app.backend, len(members))
         for m in members:
             finals = m.final_tasks()
             if len(finals) != 1:

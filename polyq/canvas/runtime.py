@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from polyq import states
+from polyq.canvas.fields import check_chord_record, check_signature
 from polyq.canvas.keys import (
     CHORD_FAILED_PREFIX,
     CHORD_FIRED_PREFIX,
@@ -33,6 +35,7 @@ __all__ = [
     "claim_once",
     "on_failure",
     "on_failure_outside_task",
+    "on_invalid_fields",
     "on_success",
 ]
 
@@ -116,6 +119,30 @@ def on_failure_outside_task(app: Polyq, delivery: Delivery, exc: BaseException) 
         logger.exception("could not fail the workflow of task %s", delivery.headers.get("id"))
 
 
+def on_invalid_fields(
+    app: Polyq, message: TaskMessage, exc: BaseException, problems: dict[str, str]
+) -> None:
+    """For the worker, when a message's workflow fields are unusable (see
+    :func:`polyq.canvas.fields.check_options`) and its task was not run: fail what
+    the usable fields still name (the chain's next steps, the chord by its id, the
+    errbacks), so the workflow ends once instead of waiting. Never raises."""
+    options = message.options if isinstance(message.options, dict) else {}
+    clean = {key: value for key, value in options.items() if key not in problems}
+    info = options.get("chord")
+    if "chord" in problems and isinstance(info, dict) and _chord_id_ok(info.get("id")):
+        clean["chord"] = {"id": info["id"]}  # enough to fail the chord it names
+    if not clean:
+        return
+    try:
+        on_failure(app, None, dataclasses.replace(message, options=clean), exc)
+    except Exception:
+        logger.exception("could not fail the workflow of task %s", message.id)
+
+
+def _chord_id_ok(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255
+
+
 def _store_failure(app: Polyq, task_id: str, exc: BaseException, cause: str) -> None:
     store_state(app, task_id, states.FAILURE, exc=exc, extra={"cause": cause})
 
@@ -145,6 +172,10 @@ def _chord_member_done(app: Polyq, message: TaskMessage, info: dict[str, Any]) -
             app.conf.result_expires,
         )
         return
+    problem = check_chord_record(record, group_id, size)
+    if problem:
+        _chord_failed(app, info, message.id, ChordError(f"{problem}; the chord is failed"))
+        return
     ids: list[str] = record["results"]
     found = backend.get_many([meta_key(i) for i in ids])
     values = []
@@ -173,6 +204,15 @@ def _chord_failed(app: Polyq, info: dict[str, Any], member_id: str, exc: BaseExc
     record = _load_chord(app, group_id)
     if record is None:
         logger.error("chord %s failed but its record is gone: nothing to mark", group_id)
+        return
+    problem = (
+        check_signature(record.get("body"), f"chord {group_id} record.body")
+        if isinstance(record, dict)
+        else f"chord {group_id} record is not a mapping"
+    )
+    if problem:
+        logger.error("chord %s failed and its body cannot be failed: %s", group_id, problem)
+        backend.set(CHORD_FAILED_PREFIX + group_id, member_id.encode(), ttl=app.result_ttl)
         return
     body = from_dict(record["body"], app)
     error = exc if isinstance(exc, ChordError) else None

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from polyq import signals
 from polyq.events import EventDispatcher
 from polyq.exceptions import ConfigurationError
+from polyq.queues import check_queue_names
 from polyq.worker import remote
 from polyq.worker.backlog import Backlog
 from polyq.worker.consumer import SHORT_TASK_PREFETCH, Consumer
@@ -101,7 +102,8 @@ class Worker:
         self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         if self.pool_name == "solo":
             self.concurrency = 1
-        self.queues = list(queues or [conf.task_default_queue])
+        # Checked here, before any broker sees them (a bad -Q fails the start at once).
+        self.queues = check_queue_names(list(queues or [conf.task_default_queue]))
         self.hostname = expand_hostname(hostname)
         multiplier = (
             prefetch_multiplier

@@ -15,6 +15,7 @@ from typing import Any
 import pika.exceptions
 
 from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.queues import check_queue_name
 
 from .connection import Link, describe_close
 from .headers import H_ETA, H_QUEUE, bit_header
@@ -133,7 +134,12 @@ class Topology:
         self.exchanges.add(name)
 
     async def declare_queue(self, queue: str) -> None:
-        """Declare work queue ``queue`` and bind it to the delay levels' way out."""
+        """Declare work queue ``queue`` and bind it to the delay levels' way out.
+
+        A name polyq refuses (:func:`polyq.queues.check_queue_name`) fails here, at
+        once: RabbitMQ closed the channel on a name with a newline and the publish
+        that followed hung until its timeout (28 s) before failing."""
+        check_queue_name(queue)
         await self.declare_exchange(DELIVER_EXCHANGE, "direct")
         try:
             async with self.link.temp() as c:

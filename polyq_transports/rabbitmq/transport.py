@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pika.exceptions
 
 from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
+from polyq.queues import check_queue_name
 from polyq.transport import (
     Capabilities,
     DeadLetter,
@@ -164,7 +165,10 @@ class RabbitMQTransport(Transport):
             )
         if not messages:
             return
+        declared = self._topology.declared
         for message in messages:
+            if message.queue not in declared:
+                check_queue_name(message.queue)  # at once, not after a confirm timeout
             size = len(message.body) + sum(len(k) + len(v) for k, v in message.headers.items())
             if self.max_message_size and size > self.max_message_size:
                 raise MessageTooLarge(
@@ -202,6 +206,12 @@ class RabbitMQTransport(Transport):
 
     def receive(self, queues: Sequence[str], max_messages: int, wait: float) -> list[Delivery]:
         """Hand out up to ``max_messages`` deliveries, highest priority first."""
+        declared = self._topology.declared
+        for queue in queues:
+            if queue not in declared:
+                # Here, in the caller's thread: raised in the consumer's setup, the
+                # error would only make the I/O thread reconnect again and again.
+                check_queue_name(queue)
         return self._consumer.receive(queues, max_messages, wait)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -1,17 +1,54 @@
-"""Queue-wide operations of the SQL transport: purge, size, the list of queues and
-of scheduled (delayed) messages, in SQLAlchemy Core (off the hot path)."""
+"""Queue-wide operations of the SQL transport: the registration of queue names
+(refusing a name the database would fold into another), purge, size, the list of
+queues and of scheduled (delayed) messages, in SQLAlchemy Core (off the hot path)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
+from polyq.exceptions import InvalidQueueName
+from polyq.queues import check_queue_name
 from polyq.transport import ScheduledMessage
 from polyq_transports.sql.schema import DELAYED, LEASED, NOT_READY, READY_ROWS, Schema
 
-__all__ = ["Queues"]
+__all__ = ["Queues", "register_queues"]
+
+
+def register_queues(
+    insert: Callable[[list[tuple[str]]], object],
+    find: Callable[[str], Sequence[str]],
+    names: Sequence[str],
+    where: str,
+) -> None:
+    """Record ``names`` in the queues table and refuse any that the database takes
+    for another queue's name.
+
+    MySQL and MariaDB compare ``VARCHAR`` under the column's collation: the default
+    ``utf8mb4_bin`` is PAD SPACE (``'payments '`` equals ``'payments'``), and a table
+    a DBA moved to a ``_ci`` collation also folds case and accents. Two such names
+    would share one queue's rows. The queues table's primary key uses the same
+    collation, so after the insert (ignored for an equal name) the lookup returns
+    the name first registered: if it is not ``name`` byte for byte, ``name``
+    collides with it. ``insert(rows)`` inserts the names (ignoring those present),
+    ``find(name)`` returns the registered names equal to ``name``, both in the
+    caller's transaction."""
+    for name in names:
+        check_queue_name(name)
+    insert([(name,) for name in names])
+    for name in names:
+        others = [other for other in find(name) if other != name]
+        if others:
+            raise InvalidQueueName(
+                f"queue name {name!r} collides with the existing queue {others[0]!r} on "
+                f"{where}: the table's collation compares them as equal (MySQL/MariaDB "
+                "ignore trailing spaces; a case-insensitive collation ignores case), so "
+                f"they would share messages. Use {others[0]!r}, or a name that differs "
+                "by more than spaces, case or accents; nothing was sent"
+            )
 
 
 class Queues:

@@ -67,6 +67,11 @@ class Statements:
             return f"INSERT INTO {q} (name) VALUES (?) ON CONFLICT DO NOTHING"
         return f"INSERT IGNORE INTO {q} (name) VALUES (?)"
 
+    def _sql_find_queue(self) -> str:
+        # Compared by the table's collation: MySQL's PAD SPACE collations (the
+        # default utf8mb4_bin too) find "payments" for "payments " (see .queues).
+        return f"SELECT name FROM {self.prefix}queues WHERE name = ?"
+
     def _sql_promote(self, queues: int) -> str:
         # Due DELAYED rows and LEASED rows whose lease ended become READY; the due
         # index reads only the rows that are due (one range per queue).

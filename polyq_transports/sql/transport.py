@@ -32,7 +32,7 @@ from polyq_clients.sql import SQLDatabase, is_deadlock, table_prefix
 from polyq_transports.sql.broadcast import Broadcasts
 from polyq_transports.sql.dead_letters import DeadLetters
 from polyq_transports.sql.notify import MIN_POLL, Listener
-from polyq_transports.sql.queues import Queues
+from polyq_transports.sql.queues import Queues, register_queues
 from polyq_transports.sql.schema import (
     DELAYED,
     LEASED,
@@ -184,14 +184,14 @@ class SQLTransport(Transport):
                 )
             )
         queues = sorted({row[0] for row in rows})
-        new_queues = [(q,) for q in queues if q not in self._known_queues]
+        new_queues = [q for q in queues if q not in self._known_queues]
         connection = kwargs.get("connection")
         if connection is not None:
             self._publish_in(connection, rows, queues, new_queues)
             return
         with self._raw("publishing") as cursor:
             if new_queues:
-                cursor.executemany(self._sql("insert_queue"), new_queues)
+                self._register(cursor, new_queues)
             if len(rows) == 1:
                 cursor.execute(self._sql("insert"), rows[0])
             else:
@@ -206,7 +206,7 @@ class SQLTransport(Transport):
         connection: Any,
         rows: list[tuple[Any, ...]],
         queues: list[str],
-        new_queues: list[tuple[str]],
+        new_queues: list[str],
     ) -> None:
         if isinstance(connection, Session):
             connection = connection.connection()
@@ -225,7 +225,13 @@ class SQLTransport(Transport):
             # The caller's transaction commits or rolls back the rows (and, on
             # PostgreSQL, the NOTIFY, which is only delivered on commit).
             if new_queues:
-                connection.exec_driver_sql(self._sql("insert_queue"), new_queues)
+                find_sql = self._sql("find_queue")
+                register_queues(
+                    lambda rows: connection.exec_driver_sql(self._sql("insert_queue"), rows),
+                    lambda name: list(connection.exec_driver_sql(find_sql, (name,)).scalars()),
+                    new_queues,
+                    self.describe(),
+                )
             connection.exec_driver_sql(self._sql("insert"), rows)
             if self._is_pg:
                 for queue in queues:
@@ -240,6 +246,13 @@ class SQLTransport(Transport):
         if not queues or max_messages <= 0:
             return []
         queues = list(dict.fromkeys(queues))
+        new_queues = [q for q in queues if q not in self._known_queues]
+        if new_queues:
+            # A consumer registers its queues too: a worker of "payments " must not
+            # drain "payments" (see .queues.register_queues).
+            with self._raw("registering queues") as cursor:
+                self._register(cursor, new_queues)
+            self._known_queues.update(new_queues)
         deadline = time.monotonic() + max(wait, 0.0)
         pause = MIN_POLL
         if self._notifier.connection is not None:
@@ -266,6 +279,20 @@ class SQLTransport(Transport):
                         break
                 else:
                     time.sleep(nap)
+
+    def _register(self, cursor: Any, names: list[str]) -> None:
+        find_sql = self._sql("find_queue")
+
+        def find(name: str) -> list[str]:
+            cursor.execute(find_sql, (name,))
+            return [row[0] for row in cursor.fetchall()]
+
+        register_queues(
+            lambda rows: cursor.executemany(self._sql("insert_queue"), rows),
+            find,
+            names,
+            self.describe(),
+        )
 
     def _claim(self, queues: list[str], max_messages: int) -> list[Delivery]:
         now = time.time()

@@ -14,7 +14,12 @@ import botocore.exceptions
 from polyq.exceptions import ConfigurationError
 from polyq.transport import Subscription
 from polyq_clients.aws import error_code
-from polyq_transports.sqs.queues import BROADCAST_PREFIX, MISSING_QUEUE, SQSQueues, sqs_name
+from polyq_transports.sqs.queues import (
+    BROADCAST_PREFIX,
+    MISSING_QUEUE,
+    SQSQueues,
+    channel_name,
+)
 from polyq_transports.sqs.wire import BATCH, ENVELOPE, decode, encode
 
 __all__ = ["Broadcasts", "SQSSubscription"]
@@ -36,7 +41,7 @@ class Broadcasts:
         self.broadcast_orphan_age = broadcast_orphan_age
 
     def _channel_prefix(self, channel: str) -> str:
-        return f"{self._sqs.prefix}{BROADCAST_PREFIX}{sqs_name(channel)}-"
+        return f"{self._sqs.prefix}{BROADCAST_PREFIX}{channel_name(channel)}-"
 
     def broadcast(self, channel: str, body: bytes) -> None:
         """Send ``body`` to the queue of every current subscriber of ``channel``."""

@@ -1,4 +1,4 @@
-"""SQS queues as the SQS transport sees them: polyq names mapped to SQS names,
+"""SQS queues as the SQS transport sees them: polyq names checked against SQS's charset,
 queues created on first use, URLs and sizes cached, priority bands, and the calls
 that send, delete, count and purge (see ``docs/design/sqs.md``)."""
 
@@ -12,7 +12,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from polyq.exceptions import BrokerError, ConfigurationError
+from polyq.exceptions import BrokerError, ConfigurationError, InvalidQueueName
+from polyq.queues import check_queue_name
 from polyq.url import redact
 from polyq_clients import aws
 from polyq_clients.aws import error_code
@@ -24,6 +25,7 @@ __all__ = [
     "MISSING_QUEUE",
     "SQSQueues",
     "base_name",
+    "channel_name",
     "dlq_name",
     "is_fifo",
     "parse_steps",
@@ -37,9 +39,38 @@ GONE = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
 MISSING_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 
 
+#: SQS's queue-name charset (``.fifo`` aside) and its longest name.
+SQS_NAME = re.compile(r"[A-Za-z0-9_-]+")
+SQS_MAX_NAME = 80
+
+
 def sqs_name(name: str) -> str:
-    """The SQS spelling of a polyq queue name: characters SQS refuses become ``-``."""
-    base, fifo = (name[:-5], ".fifo") if name.endswith(".fifo") else (name, "")
+    """The SQS name of the polyq queue ``name``: ``name`` itself, or
+    :class:`~polyq.exceptions.InvalidQueueName` when SQS would refuse it.
+
+    SQS allows letters, digits, ``-`` and ``_`` (and a ``.fifo`` suffix). Names
+    outside that charset are refused, not mapped: a mapping onto that charset that
+    kept today's names unchanged cannot be injective, and one that is not made
+    ``billing.high``, ``billing:high``, ``billing high`` and ``billing/high`` the
+    same queue as ``billing-high`` (see docs/design/sqs.md)."""
+    check_queue_name(name)
+    base = name[:-5] if name.endswith(".fifo") else name
+    if not SQS_NAME.fullmatch(base):
+        bad = sorted({c for c in base if not SQS_NAME.fullmatch(c)})
+        raise InvalidQueueName(
+            f"queue name {name!r} has characters SQS does not allow in a queue name "
+            f"({' '.join(repr(c) for c in bad)}); SQS allows letters, digits, '-' and '_' "
+            f"(and a '.fifo' suffix). Rename the queue, e.g. {channel_name(name)!r} "
+            "(polyq does not map names: two names mapping to one would share a queue)"
+        )
+    return name
+
+
+def channel_name(channel: str) -> str:
+    """The SQS spelling of a broadcast channel (``polyq.events`` -> ``polyq-events``):
+    characters SQS refuses become ``-``. Only for polyq's own channel names, which
+    do not collide once mapped; queue names go through :func:`sqs_name`."""
+    base, fifo = (channel[:-5], ".fifo") if channel.endswith(".fifo") else (channel, "")
     return re.sub(r"[^A-Za-z0-9_-]", "-", base) + fifo
 
 
@@ -126,6 +157,12 @@ class SQSQueues:
             return cached
         create = self.create_queues if create is None else create
         remote = self.prefix + sqs_name(name)
+        if len(remote) > SQS_MAX_NAME:
+            raise InvalidQueueName(
+                f"queue name {name!r} makes the SQS queue {remote!r} ({len(remote)} "
+                f"characters with the prefix); SQS allows {SQS_MAX_NAME}. Use a shorter "
+                "name or prefix"
+            )
         try:
             url = str(self.call("get_queue_url", QueueName=remote)["QueueUrl"])
         except botocore.exceptions.ClientError as exc:

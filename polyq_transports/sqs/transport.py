@@ -198,6 +198,7 @@ class SQSTransport(Transport):
         outgoing: dict[str, list[tuple[dict[str, Any], int]]] = collections.defaultdict(list)
         raw_sizes: dict[str, int] = collections.defaultdict(int)
         for message in messages:
+            sqs_name(message.queue)  # refuses a name SQS would not take, before any send
             fields: dict[str, Any] = {ENVELOPE: 1, "id": message.message_id}
             fields["h"] = dict(message.headers)
             if message.priority:

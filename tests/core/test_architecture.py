@@ -164,6 +164,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "polyq.exceptions",
             "polyq.states",
             "polyq.url",
+            "polyq.queues",
             "polyq.signals",
             "polyq.serialization",
             "polyq.request",

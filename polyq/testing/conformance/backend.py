@@ -29,7 +29,7 @@ from polyq.registry import create_backend
 __all__ = ["BackendSuite", "FinalStateSuite"]
 
 
-def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
+def _in_threads(count: int, work: Callable[[int], Any], timeout: float = 60) -> list[Any]:
     """Run ``work(i)`` in ``count`` threads released together; their results in order."""
     barrier = threading.Barrier(count)
     results: list[Any] = [None] * count
@@ -46,7 +46,8 @@ def _in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(60)
+        thread.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"a thread ran over {timeout} s"
     assert not errors, f"a thread raised: {errors[0]!r}"
     return results
 
@@ -375,6 +376,77 @@ class BackendSuite(FinalStateSuite):
         backend.add_to_set(key, "b")
         backend.delete([key])
         assert backend.add_to_set(key, "a") == 1
+
+    # -- chords at the declared size ------------------------------------------------
+
+    #: The chord size proven when the backend declares no limit (``max_chord_size=None``).
+    chord_size: ClassVar[int] = 100_000
+    #: Members added one by one in the ``add_to_set`` test when the backend declares no
+    #: limit. On the SQL, Redis and memory stores an add costs the same whatever the
+    #: set's size (an indexed insert and a stored counter); a PostgreSQL add waits for
+    #: a commit (~10 ms on a shared disk), so 100,000 of them would take 15 minutes.
+    #: A backend whose sets grow in cost (DynamoDB: one item) declares a limit, and
+    #: the test adds that many.
+    add_to_set_size: ClassVar[int] = 10_000
+
+    def members_to_count(self, backend: ResultBackend) -> int:
+        """Hook: how many members the ``add_to_set`` test counts (default: the
+        declared ``max_chord_size``, or ``add_to_set_size`` when unbounded). Lower it
+        only for an emulator slower than the real store (say why)."""
+        return self._chord_limit(backend, self.add_to_set_size)
+
+    def _chord_limit(self, backend: ResultBackend, unbounded: int) -> int:
+        limit = backend.capabilities.max_chord_size
+        return unbounded if limit is None else min(limit, self.chord_size)
+
+    def test_capabilities_declare_a_chord_limit(self, backend: ResultBackend) -> None:
+        limit = backend.capabilities.max_chord_size
+        assert limit is None or (isinstance(limit, int) and limit >= 1_000), (
+            f"max_chord_size={limit!r}: declare None (no limit) or a size of at least 1,000"
+        )
+
+    @pytest.mark.slow
+    def test_chord_results_read_and_deleted_at_the_declared_size(
+        self, connect: Callable[[], ResultBackend], prefix: str
+    ) -> None:
+        """A chord's completion reads every member's result in one ``get_many`` and a
+        cleanup deletes them in one ``delete``: at ``max_chord_size`` members (or
+        ``chord_size`` when unbounded). A store with a limit on statement parameters
+        (PostgreSQL: 65,535) must chunk."""
+        writer, reader = connect(), connect()
+        size = self._chord_limit(writer, self.chord_size)
+        keys = [f"{prefix}meta-{uuid.UUID(int=i)}" for i in range(size)]
+        for start in range(0, size, 10_000):
+            writer.set_many([(k, k.encode()) for k in keys[start : start + 10_000]], ttl=600)
+        found = reader.get_many([*keys, prefix + "never-set"])
+        assert len(found) == size, f"get_many of {size:,} keys returned {len(found):,}"
+        assert found[keys[0]] == keys[0].encode()
+        assert found[keys[-1]] == keys[-1].encode()
+        writer.delete(keys)
+        assert reader.get_many(keys) == {}, f"delete of {size:,} keys left some"
+
+    @pytest.mark.slow
+    def test_chord_members_counted_at_the_declared_size(
+        self, connect: Callable[[], ResultBackend], prefix: str
+    ) -> None:
+        """Every member of a chord of ``max_chord_size`` (or ``add_to_set_size`` when
+        unbounded) counted exactly once in its set, by concurrent adders."""
+        backends = [connect() for _ in range(4)]
+        size = self.members_to_count(backends[0])
+        key = prefix + "chord-members"
+        members = [str(uuid.UUID(int=i)) for i in range(size)]
+        step = -(-size // len(backends))
+
+        def add(i: int) -> list[int]:
+            mine = members[i * step : (i + 1) * step]
+            return [backends[i].add_to_set(key, m, ttl=600) for m in mine]
+
+        counts = sorted(c for part in _in_threads(len(backends), add, 900) for c in part)
+        assert counts == list(range(1, size + 1)), "a member was lost or counted twice"
+        assert backends[0].add_to_set(key, members[-1], ttl=600) == size
+        backends[0].delete([key])
+        assert backends[1].add_to_set(key, members[0]) == 1, "delete left the set's members"
+        backends[1].delete([key])
 
     # -- set_if_absent ---------------------------------------------------------------
 

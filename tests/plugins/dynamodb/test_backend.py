@@ -138,3 +138,25 @@ def test_a_retried_add_counts_its_own_position(url: str) -> None:
     assert lost == {"UpdateItem": 1, "PutItem": 1}, "the retry path was not exercised"
     assert other.set_if_absent("lock", b"someone else") is False
     assert b.add_to_set("chord", "m1") == 4
+
+
+def test_a_chord_above_the_item_limit_fails_at_send_time(url: str) -> None:
+    # Its member set could never fit one 400 KB item: it would never fire.
+    from polyq import Polyq, chord
+    from polyq.exceptions import ChordError
+
+    broker = f"memory://{uuid.uuid4().hex}"
+    app = Polyq("ddb-chord", broker=broker, backend=url)
+    try:
+
+        @app.task(name="ddb.add")
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        limit = app.backend.capabilities.max_chord_size
+        assert limit == 4_000
+        with pytest.raises(ChordError, match="max_chord_size"):
+            chord([add.s(i, i) for i in range(limit + 1)])(add.s(0))
+        assert app.transport.size(app.conf.task_default_queue) == 0
+    finally:
+        app.close()

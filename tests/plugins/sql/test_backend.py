@@ -75,6 +75,19 @@ def test_cleanup_removes_expired_values_and_sets(backend: SQLResultBackend) -> N
     assert backend.cleanup() == 0
 
 
+@pytest.mark.slow
+def test_bulk_reads_and_deletes_beyond_the_bind_parameter_limit(
+    backend: SQLResultBackend,
+) -> None:
+    # A chord of 100,000 members reads every result at once: one IN (...) of 100,001
+    # parameters is refused by PostgreSQL (65,535) and SQLite (32,766).
+    keys = [f"pqbulk-{uuid.UUID(int=i)}" for i in range(100_000)]
+    backend.set_many([(keys[0], b"first"), (keys[-1], b"last")])
+    assert backend.get_many(keys) == {keys[0]: b"first", keys[-1]: b"last"}
+    backend.delete(keys)
+    assert backend.get_many(keys) == {}
+
+
 def test_keys_prefix_is_not_a_pattern(backend: SQLResultBackend) -> None:
     backend.set("a%b_1", b"v")
     backend.set("axb_1", b"v")

@@ -17,6 +17,7 @@ from polyq.testing.conformance.e2e import E2E_APP
 from polyq.testing.e2e_tasks import app, read_records, record, retry_twice
 from polyq.testing.worker import WorkerProcess
 from polyq_transports.sqs import SQSTransport
+from polyq_transports.sqs.queues import base_name
 
 # The results go to DynamoDB (moto serves both).
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.dynamodb]
@@ -91,7 +92,9 @@ class TestSQSQueuesEndToEnd:
         # While it waits, no worker holds it: sample what SQS has in flight.
         sqs = transport._client
         urls = [
-            transport.sqs_queues.queue_url(q, create=False) for q in (queue, f"{queue}-fifo-delay")
+            # The queue and, for a FIFO queue, the standard queue its delays wait in.
+            transport.sqs_queues.queue_url(q, create=False)
+            for q in (queue, base_name(queue) + "-delay")
         ]
         urls = [u for u in urls if u]
         held_since: float | None = None

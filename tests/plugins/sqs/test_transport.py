@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 import boto3
 import pytest
 
-from polyq.exceptions import BrokerError, ConfigurationError, MessageTooLarge
+from polyq.exceptions import BrokerError, ConfigurationError, InvalidQueueName, MessageTooLarge
 from polyq.registry import create_transport
 from polyq.testing import services
 from polyq.transport import Delivery, OutgoingMessage
@@ -101,15 +101,28 @@ def test_credentials_in_url_are_never_shown() -> None:
     assert "127.0.0.1:9" in str(info.value)
 
 
-def test_queue_names_are_mapped_to_what_sqs_accepts(transport: SQSTransport) -> None:
-    transport.publish([_msg("myapp.tasks"), _msg("jobs.fifo")])
-    assert transport.sqs_queues.queue_url("myapp.tasks", create=False).endswith(
-        transport.prefix + "myapp-tasks"
+@pytest.mark.parametrize("name", ["billing.high", "billing:high", "billing high", "billing/high"])
+def test_names_outside_sqs_charset_are_refused_not_mapped(
+    transport: SQSTransport, name: str
+) -> None:
+    # Mapped, all four were the queue "billing-high": refused, they collide with nothing.
+    transport.publish([_msg("billing-high", 1), _msg("jobs.fifo", 2)])
+    with pytest.raises(InvalidQueueName, match="SQS allows letters, digits") as info:
+        transport.publish([_msg(name, 3)])
+    assert repr(name) in str(info.value) and "'billing-high'" in str(info.value)
+    with pytest.raises(InvalidQueueName):
+        transport.receive([name], 10, 0)
+    assert transport.sqs_queues.queue_url("billing-high", create=False).endswith(
+        transport.prefix + "billing-high"
     )
-    assert transport.sqs_queues.queue_url("jobs.fifo", create=False).endswith(
-        transport.prefix + "jobs.fifo"
-    )
-    assert {"myapp-tasks", "jobs.fifo"} <= set(transport.queues())
+    assert set(transport.queues()) == {"billing-high", "jobs.fifo"}
+    got = _until(transport, ["billing-high"], 1, 5)
+    assert [d.message_id for d in got] == ["id-1"]
+
+
+def test_overlong_sqs_name_is_refused(transport: SQSTransport) -> None:
+    with pytest.raises(InvalidQueueName, match="SQS allows 80"):
+        transport.publish([_msg("q" * 80)])
 
 
 def test_existing_queues_only(url: str, sqs: Any) -> None:
