@@ -1,4 +1,4 @@
-"""SQL result backend: results, sets and locks in SQLite, PostgreSQL or MySQL/MariaDB.
+"""The SQL result backend: results, sets and locks in SQLite, PostgreSQL or MySQL/MariaDB.
 
 The engine, URLs and error handling are :mod:`polyq_clients.sql`'s (shared with the SQL
 transport). ``get``, ``set``, ``set_if_absent`` and ``add_to_set`` run hand-written SQL
@@ -15,63 +15,24 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
 from polyq.backend import BackendCapabilities, ResultBackend, final_mark
 from polyq.exceptions import BrokerError, ConfigurationError
 from polyq_clients.sql import SQLDatabase, insert_ignore, is_deadlock, table_prefix
 
+from .tables import KEY_LENGTH, Tables
+
 __all__ = ["SCHEMA_VERSION", "SQLResultBackend"]
 
 #: Version of the tables this module reads and writes (``<prefix>meta``).
 SCHEMA_VERSION = 1
 
-_KEY_LENGTH = 255
 #: Keys per statement of the bulk operations: under every database's limit on bind
 #: parameters (PostgreSQL 65,535; SQLite 32,766, 999 before 3.32), so a chord of
 #: 100,000 members reads its results in 200 statements instead of failing in one.
 _BULK = 500
 _SAFETY_POLL = 1.0
-
-
-class _Tables:
-    """The backend's tables for one prefix (per instance: no global metadata)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.metadata = sa.MetaData()
-        mysql_args: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-        blob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
-        self.results = sa.Table(
-            f"{prefix}results",
-            self.metadata,
-            sa.Column("name", sa.String(_KEY_LENGTH), primary_key=True),
-            sa.Column("value", blob, nullable=False),
-            sa.Column("expires_at", sa.Double, nullable=True, index=True),
-            **mysql_args,
-        )
-        self.sets = sa.Table(
-            f"{prefix}sets",
-            self.metadata,
-            sa.Column("name", sa.String(_KEY_LENGTH), primary_key=True),
-            sa.Column("size", sa.Integer, nullable=False),
-            sa.Column("expires_at", sa.Double, nullable=True, index=True),
-            **mysql_args,
-        )
-        self.members = sa.Table(
-            f"{prefix}set_members",
-            self.metadata,
-            sa.Column("name", sa.String(_KEY_LENGTH), primary_key=True),
-            sa.Column("item", sa.String(_KEY_LENGTH), primary_key=True),
-            **mysql_args,
-        )
-        self.meta = sa.Table(
-            f"{prefix}meta",
-            self.metadata,
-            sa.Column("name", sa.String(64), primary_key=True),
-            sa.Column("value", sa.String(255), nullable=False),
-            **mysql_args,
-        )
 
 
 class SQLResultBackend(ResultBackend):
@@ -100,7 +61,7 @@ class SQLResultBackend(ResultBackend):
         )
         default_poll = _SAFETY_POLL if self._listen else 0.1
         self.max_poll_interval = float(options.get("max_poll_interval", default_poll))
-        self.tables = _Tables(prefix)
+        self.tables = Tables(prefix)
         self._channel = f"{prefix}results"
         self._lock = threading.RLock()
         self._schema_ready = False
@@ -151,8 +112,8 @@ class SQLResultBackend(ResultBackend):
         return self.db.describe()
 
     def _check_key(self, key: str) -> None:
-        if len(key) > _KEY_LENGTH:
-            raise ValueError(f"result key longer than {_KEY_LENGTH} characters: {key[:40]!r}...")
+        if len(key) > KEY_LENGTH:
+            raise ValueError(f"result key longer than {KEY_LENGTH} characters: {key[:40]!r}...")
 
     # -- schema ------------------------------------------------------------------
 
