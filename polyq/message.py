@@ -26,6 +26,7 @@ __all__ = [
     "encode",
     "new_id",
     "new_ids",
+    "timestamp_from_iso",
 ]
 
 ENVELOPE_VERSION = "1"
@@ -80,7 +81,8 @@ def _to_iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
 
 
-def _from_iso(text: str | None) -> float | None:
+def timestamp_from_iso(text: str | None) -> float | None:
+    """The epoch seconds of an ISO 8601 header value (naive means UTC); ``None`` for none."""
     if not text:
         return None
     parsed = datetime.datetime.fromisoformat(text)
@@ -222,8 +224,8 @@ def decode(delivery: Delivery, accept: frozenset[str]) -> TaskMessage:
             args=value.get("args", []),
             kwargs=kwargs,
             retries=int(h.get("retries", 0)),
-            eta=_from_iso(h.get("eta")),
-            expires=_from_iso(h.get("expires")),
+            eta=timestamp_from_iso(h.get("eta")),
+            expires=timestamp_from_iso(h.get("expires")),
             root_id=h.get("root_id"),
             parent_id=h.get("parent_id"),
             group_id=h.get("group_id"),

@@ -10,7 +10,6 @@ outside the prefetch window (see ``docs/workers.md``).
 
 from __future__ import annotations
 
-import datetime
 import heapq
 import itertools
 import logging
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 from polyq import signals, states
 from polyq.events import message_fields
 from polyq.exceptions import DecodeError, SecurityError, WorkerLostError
-from polyq.message import peek
+from polyq.message import peek, timestamp_from_iso
 from polyq.serialization import AUTH_CONTENT_TYPE
 from polyq.transport import Delivery, OutgoingMessage
 from polyq.worker.pools import Job
@@ -179,11 +178,11 @@ class Consumer:
             dead_letter(worker.transport, delivery, reason)
             return
         now = time.time()
-        eta = _timestamp(delivery.headers.get("eta"))
+        eta = timestamp_from_iso(delivery.headers.get("eta"))
         if eta is not None and eta - now > ETA_SLACK:
             self._wait_for_eta(delivery, eta, now)
             return
-        expires = _timestamp(delivery.headers.get("expires"))
+        expires = timestamp_from_iso(delivery.headers.get("expires"))
         if expires is not None and expires < now:
             if not self._authentic(delivery):
                 return
@@ -333,11 +332,3 @@ class Consumer:
                 if delivery is not None:
                     self.revoke(delivery, job.task_name, job.task_id, expired=False)
 
-
-def _timestamp(text: str | None) -> float | None:
-    if not text:
-        return None
-    parsed = datetime.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.timestamp()
